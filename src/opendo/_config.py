@@ -1,0 +1,337 @@
+"""``opendo.toml``: the project file, shaped like ``wrangler.toml``.
+
+::
+
+    name = "chat"
+    main = "worker.py"                 # the Worker module (optionally "worker.py:Default")
+
+    [vars]
+    GREETING = "hello"
+
+    [[durable_objects.bindings]]
+    name = "CHAT"
+    class_name = "Chat"
+
+    [[migrations]]
+    tag = "v1"
+    new_sqlite_classes = ["Chat"]
+
+    [assets]
+    directory = "public"
+    not_found_handling = "single-page-application"   # or "none"
+
+    [runtime]
+    idle_timeout = 70                  # seconds before an idle object is evicted
+
+    [env.prod]                         # `--env prod`: these keys replace the top-level ones
+    vars = { GREETING = "hi" }
+
+Secrets come from ``.dev.vars`` (``KEY=value`` lines) beside the file, or ``.dev.vars.<env>``
+when an environment is selected — never from the TOML. Every mistake is reported as a
+``ConfigError`` that names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AssetsConfig",
+    "Binding",
+    "Config",
+    "ConfigError",
+    "Migration",
+    "load_config",
+]
+
+CONFIG_NAME = "opendo.toml"
+_NOT_FOUND_HANDLING = ("none", "single-page-application")
+_TOP_KEYS = {
+    "name",
+    "main",
+    "vars",
+    "durable_objects",
+    "migrations",
+    "assets",
+    "runtime",
+    "dev",
+    "env",
+    "compatibility_date",
+    "compatibility_flags",
+}
+_ENV_KEYS = _TOP_KEYS - {"env", "migrations"}
+
+
+class ConfigError(Exception):
+    """A problem in the project's configuration; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    name: str
+    class_name: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    tag: str
+    new_classes: tuple[str, ...] = ()
+    new_sqlite_classes: tuple[str, ...] = ()
+    renamed_classes: tuple[tuple[str, str], ...] = ()
+    deleted_classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AssetsConfig:
+    directory: Path
+    not_found_handling: str = "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    name: str
+    main: Path
+    entrypoint: str | None
+    vars: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    bindings: tuple[Binding, ...] = ()
+    migrations: tuple[Migration, ...] = ()
+    assets: AssetsConfig | None = None
+    idle_timeout: float = 70.0
+    dev_port: int | None = None
+    dev_ip: str | None = None
+    env_name: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {message}")
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_kind(value)}")
+        return value
+
+    def string(self, value: Any, key: str, what: str = "a string") -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected {what}, got {_kind(value)}")
+        return value
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, f"expected a list of class names (strings), got {_kind(value)}")
+        return tuple(value)
+
+    def keys(self, table: dict[str, Any], allowed: set[str], key: str) -> None:
+        for k in table:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise self.fail(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"the string {value!r}" if value else "an empty string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def find_config(location: str | Path) -> Path:
+    path = Path(location)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (expected an {CONFIG_NAME} project file)")
+    return path.resolve()
+
+
+def load_config(location: str | Path = ".", env: str | None = None) -> Config:
+    """Read ``opendo.toml`` from a directory (or the file itself), for environment ``env``."""
+    path = find_config(location)
+    check = _Checker(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the file is not UTF-8 text") from None
+    check.keys(data, _TOP_KEYS, "")
+
+    if env is not None:
+        envs = check.table(data.get("env", {}), "env")
+        if env not in envs:
+            known = ", ".join(sorted(envs)) or "none are defined"
+            raise ConfigError(f"{path}: env.{env}: no such environment ({known})")
+        section = check.table(envs[env], f"env.{env}")
+        check.keys(section, _ENV_KEYS, f"env.{env}")
+        data = {**data, **section}
+
+    name = check.string(data.get("name"), "name", "a project name (string)")
+    main_value = check.string(
+        data.get("main"), "main", 'the Worker module, e.g. "worker.py" or "worker.py:Default"'
+    )
+    main_file, _, entrypoint = main_value.partition(":")
+    main = (path.parent / main_file).resolve()
+    if main.suffix != ".py":
+        raise check.fail("main", f"expected a Python file (*.py), got {main_file!r}")
+    if not main.is_file():
+        raise check.fail("main", f"the file {main} does not exist")
+    if entrypoint and not entrypoint.isidentifier():
+        raise check.fail("main", f"{entrypoint!r} after ':' is not a class name")
+
+    vars_ = check.table(data.get("vars", {}), "vars")
+
+    bindings: list[Binding] = []
+    do = check.table(data.get("durable_objects", {}), "durable_objects")
+    check.keys(do, {"bindings"}, "durable_objects")
+    raw_bindings = do.get("bindings", [])
+    if not isinstance(raw_bindings, list):
+        raise check.fail("durable_objects.bindings", "expected an array of tables")
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_bindings):
+        key = f"durable_objects.bindings[{i}]"
+        item = check.table(raw, key)
+        check.keys(item, {"name", "class_name", "script_name", "environment"}, key)
+        bname = check.string(item.get("name"), f"{key}.name", "a binding name (string)")
+        if not bname.isidentifier():
+            raise check.fail(f"{key}.name", f"{bname!r} is not a valid identifier")
+        if bname in seen:
+            raise check.fail(f"{key}.name", f"the binding {bname!r} is defined twice")
+        seen.add(bname)
+        cname = check.string(item.get("class_name"), f"{key}.class_name", "a class name (string)")
+        bindings.append(Binding(bname, cname))
+
+    migrations: list[Migration] = []
+    raw_migrations = data.get("migrations", [])
+    if not isinstance(raw_migrations, list):
+        raise check.fail("migrations", "expected an array of tables ([[migrations]])")
+    tags: set[str] = set()
+    for i, raw in enumerate(raw_migrations):
+        key = f"migrations[{i}]"
+        item = check.table(raw, key)
+        check.keys(
+            item,
+            {"tag", "new_classes", "new_sqlite_classes", "renamed_classes", "deleted_classes"},
+            key,
+        )
+        tag = check.string(item.get("tag"), f"{key}.tag", "a unique tag (string)")
+        if tag in tags:
+            raise check.fail(f"{key}.tag", f"the tag {tag!r} is used twice; tags must be unique")
+        tags.add(tag)
+        renamed: list[tuple[str, str]] = []
+        for j, pair in enumerate(item.get("renamed_classes", [])):
+            rkey = f"{key}.renamed_classes[{j}]"
+            pair = check.table(pair, rkey)
+            renamed.append(
+                (
+                    check.string(pair.get("from"), f"{rkey}.from"),
+                    check.string(pair.get("to"), f"{rkey}.to"),
+                )
+            )
+        migrations.append(
+            Migration(
+                tag=tag,
+                new_classes=check.strings(item.get("new_classes", []), f"{key}.new_classes"),
+                new_sqlite_classes=check.strings(
+                    item.get("new_sqlite_classes", []), f"{key}.new_sqlite_classes"
+                ),
+                renamed_classes=tuple(renamed),
+                deleted_classes=check.strings(
+                    item.get("deleted_classes", []), f"{key}.deleted_classes"
+                ),
+            )
+        )
+
+    assets: AssetsConfig | None = None
+    if "assets" in data:
+        table = check.table(data["assets"], "assets")
+        check.keys(table, {"directory", "not_found_handling", "binding"}, "assets")
+        directory = check.string(table.get("directory"), "assets.directory", "a directory path")
+        adir = (path.parent / directory).resolve()
+        if not adir.is_dir():
+            raise check.fail("assets.directory", f"the directory {adir} does not exist")
+        handling = table.get("not_found_handling", "none")
+        if handling not in _NOT_FOUND_HANDLING:
+            raise check.fail(
+                "assets.not_found_handling",
+                f"expected one of {', '.join(map(repr, _NOT_FOUND_HANDLING))}, "
+                f"got {_kind(handling)}",
+            )
+        assets = AssetsConfig(adir, handling)
+
+    runtime = check.table(data.get("runtime", {}), "runtime")
+    check.keys(runtime, {"idle_timeout"}, "runtime")
+    idle = runtime.get("idle_timeout", 70.0)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0:
+        raise check.fail("runtime.idle_timeout", f"expected seconds > 0, got {_kind(idle)}")
+
+    dev = check.table(data.get("dev", {}), "dev")
+    check.keys(dev, {"port", "ip", "local_protocol"}, "dev")
+    port = dev.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        raise check.fail("dev.port", f"expected a port number 0..65535, got {_kind(port)}")
+    ip = dev.get("ip")
+    if ip is not None:
+        check.string(ip, "dev.ip", "an IP address")
+
+    return Config(
+        path=path,
+        name=name,
+        main=main,
+        entrypoint=entrypoint or None,
+        vars=dict(vars_),
+        secrets=_read_dev_vars(path.parent, env),
+        bindings=tuple(bindings),
+        migrations=tuple(migrations),
+        assets=assets,
+        idle_timeout=float(idle),
+        dev_port=port,
+        dev_ip=ip,
+        env_name=env,
+    )
+
+
+def _read_dev_vars(root: Path, env: str | None) -> dict[str, str]:
+    candidates = [root / f".dev.vars.{env}"] if env else []
+    candidates.append(root / ".dev.vars")
+    for file in candidates:
+        if file.is_file():
+            return _parse_dotenv(file)
+    return {}
+
+
+def _parse_dotenv(file: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"{file}:{number}: expected KEY=value, got {line[:60]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values

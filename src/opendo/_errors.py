@@ -1,0 +1,46 @@
+"""Errors that cross the boundary between a caller and a Durable Object."""
+
+from __future__ import annotations
+
+__all__ = ["DurableObjectError", "DurableObjectResetError", "as_remote"]
+
+
+class DurableObjectError(Exception):
+    """An error from a Durable Object or from the runtime that hosts it.
+
+    ``remote`` is True when user code in the object raised it; ``retryable`` says a retry is
+    safe (for idempotent work); ``overloaded`` says not to retry.
+    """
+
+    remote: bool = False
+    retryable: bool = False
+    overloaded: bool = False
+
+
+class DurableObjectResetError(DurableObjectError):
+    """The object was reset (a failed write, ``abort()``, a failed ``block_concurrency_while``)
+    while this call was in flight."""
+
+    retryable = True
+
+
+def as_remote(exc: BaseException) -> BaseException:
+    """The error a caller sees for ``exc`` raised inside an object.
+
+    The type and message are kept (the object's traceback is not: it stays in the object's
+    log), and the copy is marked ``remote = True``.
+    """
+    if not isinstance(exc, Exception):
+        return exc
+    copy: Exception
+    try:
+        copy = type(exc)(*exc.args)
+    except Exception:
+        copy = DurableObjectError(f"{type(exc).__name__}: {exc}")
+    try:
+        copy.remote = True  # type: ignore[attr-defined]
+    except AttributeError:
+        fallback = DurableObjectError(f"{type(exc).__name__}: {exc}")
+        fallback.remote = True
+        return fallback
+    return copy

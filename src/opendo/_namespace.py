@@ -1,0 +1,133 @@
+"""Namespaces (``env.CHAT``) and stubs: how a Worker or an object reaches an object."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._http import Headers, Request, Response
+from ._ids import DurableObjectId, NamespaceKey
+
+if TYPE_CHECKING:
+    from ._api import DurableObject
+    from ._app import Runtime
+    from ._runtime import ObjectHost
+
+__all__ = ["DurableObjectNamespace", "DurableObjectStub", "RESERVED_METHODS"]
+
+# Handlers the runtime calls; not callable over RPC (as on Cloudflare).
+RESERVED_METHODS = frozenset(
+    {"fetch", "alarm", "connect", "web_socket_message", "web_socket_close", "web_socket_error"}
+)
+
+
+class DurableObjectNamespace:
+    """A binding to one Durable Object class: ``env.CHAT``."""
+
+    __slots__ = ("runtime", "binding", "object_class", "_key")
+
+    def __init__(self, runtime: Runtime, binding: str, object_class: type[DurableObject]) -> None:
+        self.runtime = runtime
+        self.binding = binding
+        self.object_class = object_class
+        self._key = NamespaceKey(object_class.__name__)
+
+    def id_from_name(self, name: str) -> DurableObjectId:
+        return self._key.from_name(name)
+
+    def new_unique_id(self) -> DurableObjectId:
+        return self._key.new_unique()
+
+    def id_from_string(self, text: str) -> DurableObjectId:
+        return self._key.from_string(text)
+
+    def get(self, id: DurableObjectId) -> DurableObjectStub:
+        if not isinstance(id, DurableObjectId):
+            raise TypeError(f"get() expects a DurableObjectId, got {type(id).__name__}")
+        if id._namespace is not self._key:
+            # Re-validate: an id of another namespace fails here with a clear message.
+            id = self._key.from_string(str(id))
+        return DurableObjectStub(self, id)
+
+    def get_by_name(self, name: str) -> DurableObjectStub:
+        return DurableObjectStub(self, self._key.from_name(name))
+
+    def _host(self, id: DurableObjectId) -> ObjectHost:
+        return self.runtime.host(self, id)
+
+    def __repr__(self) -> str:
+        return f"<DurableObjectNamespace {self.binding} -> {self.object_class.__name__}>"
+
+
+class DurableObjectStub:
+    """A client for one object. ``await stub.fetch(...)``, ``await stub.any_method(...)``.
+
+    Calls on one stub are delivered to the object in the order they were made.
+    """
+
+    __slots__ = ("_namespace", "id")
+
+    def __init__(self, namespace: DurableObjectNamespace, id: DurableObjectId) -> None:
+        self._namespace = namespace
+        self.id = id
+
+    @property
+    def name(self) -> str | None:
+        return self.id.name
+
+    def fetch(
+        self,
+        request: Request | str,
+        *,
+        method: str = "GET",
+        headers: Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        body: str | bytes | None = None,
+    ) -> asyncio.Future[Response]:
+        """Send an HTTP request to the object's ``fetch`` handler."""
+        if isinstance(request, str):
+            request = Request(request, method=method, headers=headers, body=body)
+        elif not isinstance(request, Request):
+            raise TypeError(f"fetch() takes a Request or a url str, got {type(request).__name__}")
+        req = request
+
+        async def call(instance: DurableObject) -> Response:
+            response = await instance.fetch(req)
+            if not isinstance(response, Response):
+                raise TypeError(
+                    f"{type(instance).__name__}.fetch() must return a Response, "
+                    f"got {type(response).__name__}"
+                )
+            return response
+
+        return self._namespace._host(self.id).call(call)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in RESERVED_METHODS:
+            raise AttributeError(f"{name!r} cannot be called over RPC")
+        return _RpcMethod(self, name)
+
+    def __repr__(self) -> str:
+        return f"<DurableObjectStub {self._namespace.object_class.__name__} {self.id}>"
+
+
+class _RpcMethod:
+    __slots__ = ("_stub", "_name")
+
+    def __init__(self, stub: DurableObjectStub, name: str) -> None:
+        self._stub = stub
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        name = self._name
+        stub = self._stub
+
+        def call(instance: DurableObject) -> Any:
+            method = getattr(type(instance), name, None)
+            if method is None or not callable(method):
+                raise TypeError(
+                    f"{type(instance).__name__} has no public method {name!r} to call over RPC"
+                )
+            return getattr(instance, name)(*args, **kwargs)
+
+        return stub._namespace._host(stub.id).call(call)

@@ -1,0 +1,403 @@
+"""The object host: one live instance per id, events through the gates, eviction.
+
+Theory of operation
+-------------------
+
+The ``Runtime`` owns one ``ObjectHost`` per object id that has work, in a dict keyed by
+``(namespace, id)``. Looking a host up and creating it is synchronous, and so is running an
+object's constructor, so any number of concurrent first requests for a new id build exactly
+one instance: the first one constructs it, the rest find it.
+
+Every event for an object — a fetch, an RPC call, a WebSocket message — goes through
+``ObjectHost.deliver``. Delivery is synchronous with the *call* (a stub's ``fetch`` or method
+enqueues before it returns its awaitable), which is what keeps calls on one stub in order.
+An event starts at once when the object is constructed, its input gate is open and nothing is
+queued ahead of it; otherwise it waits in a FIFO queue that drains when the gate opens. A
+started event runs as its own task: events interleave at awaits, as on Cloudflare.
+
+A result (the value of an RPC call, a fetch's ``Response``) reaches its caller only once the
+output gate is clear of writes made before it; an exception reaches only that caller, marked
+``remote``, and is logged with its traceback here.
+
+Lifecycle, as data (``_TRANSITIONS``)::
+
+    EMPTY --construct--> ACTIVE --evict--> EVICTED (the host is dropped; a new one is made
+                           |                        on the next event)
+                           +--reset--> EMPTY (constructor runs again on the next event)
+
+A host is idle when no event runs or waits, no standard WebSocket is open, no
+``block_concurrency_while`` or ``wait_until`` work is pending, and the output gate is clear.
+An idle host is evicted ``idle_timeout`` seconds later by the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._clock import Clock, TimerHandle
+from ._errors import DurableObjectResetError, as_remote
+from ._gates import InputGate, InputLock, OutputGate
+from ._ids import DurableObjectId
+from ._websocket import Event, Listener, WebSocket
+
+if TYPE_CHECKING:
+    from ._api import DurableObject
+    from ._namespace import DurableObjectNamespace
+
+__all__ = ["DurableObjectState", "Lifecycle", "ObjectHost", "current_host"]
+
+log = logging.getLogger("opendo")
+
+_current_host: contextvars.ContextVar[ObjectHost | None] = contextvars.ContextVar(
+    "opendo_current_host", default=None
+)
+
+
+def current_host() -> ObjectHost | None:
+    """The host whose event is running now, if any."""
+    return _current_host.get()
+
+
+class Lifecycle(enum.Enum):
+    EMPTY = "empty"  # no instance; the next event constructs one
+    ACTIVE = "active"
+    EVICTED = "evicted"  # dropped for idleness; the host is gone from the runtime
+
+
+_TRANSITIONS: dict[tuple[Lifecycle, str], Lifecycle] = {
+    (Lifecycle.EMPTY, "construct"): Lifecycle.ACTIVE,
+    (Lifecycle.ACTIVE, "reset"): Lifecycle.EMPTY,
+    (Lifecycle.EMPTY, "reset"): Lifecycle.EMPTY,
+    (Lifecycle.ACTIVE, "evict"): Lifecycle.EVICTED,
+    (Lifecycle.EMPTY, "evict"): Lifecycle.EVICTED,
+}
+
+Call = Callable[["DurableObject"], Any]
+
+
+class ObjectHost:
+    """Hosts the single live instance of one Durable Object."""
+
+    __slots__ = (
+        "namespace",
+        "id",
+        "state",
+        "instance",
+        "ctx",
+        "input_gate",
+        "output_gate",
+        "_queue",
+        "_waiting_for_gate",
+        "_running",
+        "_sockets",
+        "_background",
+        "_events",
+        "_idle_timer",
+        "_clock",
+        "_idle_timeout",
+        "_on_evict",
+        "constructions",
+    )
+
+    def __init__(
+        self,
+        namespace: DurableObjectNamespace,
+        id: DurableObjectId,
+        *,
+        clock: Clock,
+        idle_timeout: float,
+        on_evict: Callable[[ObjectHost], None],
+    ) -> None:
+        self.namespace = namespace
+        self.id = id
+        self.state = Lifecycle.EMPTY
+        self.instance: DurableObject | None = None
+        self.ctx: DurableObjectState | None = None
+        self.input_gate = InputGate()
+        self.output_gate = OutputGate()
+        self._queue: deque[tuple[Call, asyncio.Future[Any] | None]] = deque()
+        self._waiting_for_gate = False
+        self._running = 0
+        self._sockets: set[WebSocket] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._events: set[asyncio.Future[Any]] = set()
+        self._idle_timer: TimerHandle | None = None
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._on_evict = on_evict
+        self.constructions = 0
+
+    def _move(self, action: str) -> None:
+        self.state = _TRANSITIONS[(self.state, action)]
+
+    # -- delivery -------------------------------------------------------------------------
+
+    def call(self, fn: Call) -> asyncio.Future[Any]:
+        """Deliver an event whose result goes back to a caller."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.deliver(fn, future)
+        return future
+
+    def deliver(self, fn: Call, future: asyncio.Future[Any] | None) -> None:
+        if self.state is Lifecycle.EVICTED:
+            raise RuntimeError("event delivered to an evicted host")
+        self._cancel_idle()
+        if self._queue or not self._ready():
+            self._queue.append((fn, future))
+            self._pump()
+        else:
+            self._start(fn, future)
+
+    def deliver_listeners(self, listeners: Iterable[Listener], event: Event) -> None:
+        """Deliver a WebSocket event to the listeners of a socket this object accepted."""
+        for listener in list(listeners):
+            self.deliver(_bind_listener(listener, event), None)
+
+    def _ready(self) -> bool:
+        return self.state is Lifecycle.ACTIVE and self.input_gate.is_open
+
+    def _pump(self) -> None:
+        if self.state is Lifecycle.EMPTY and not self._construct():
+            return
+        if not self.input_gate.is_open:
+            if not self._waiting_for_gate:
+                self._waiting_for_gate = True
+                self.input_gate.when_open(self._gate_opened)
+            return
+        while self._queue and self._ready():
+            self._start(*self._queue.popleft())
+        if self._queue:
+            self._pump()
+
+    def _gate_opened(self) -> None:
+        self._waiting_for_gate = False
+        # Only schedule: the code that released the gate continues first.
+        asyncio.get_running_loop().call_soon(self._pump)
+
+    def _construct(self) -> bool:
+        cls = self.namespace.object_class
+        self.ctx = DurableObjectState(self)
+        token = _current_host.set(self)
+        try:
+            self.instance = cls(self.ctx, self.namespace.runtime.env)
+        except Exception as exc:
+            log.exception("constructor of %s(%s) failed", cls.__name__, self.id)
+            self.instance = None
+            self.ctx = None
+            queued, self._queue = self._queue, deque()
+            for _, future in queued:
+                if future is not None and not future.done():
+                    future.set_exception(as_remote(exc))
+            self._maybe_idle()
+            return False
+        finally:
+            _current_host.reset(token)
+        self.constructions += 1
+        self._move("construct")
+        return True
+
+    def _start(self, fn: Call, future: asyncio.Future[Any] | None) -> None:
+        instance = self.instance
+        assert instance is not None
+        token = _current_host.set(self)
+        self._running += 1
+        try:
+            result = fn(instance)
+        except Exception as exc:
+            self._running -= 1
+            self._fail(future, exc)
+            self._maybe_idle()
+            return
+        finally:
+            _current_host.reset(token)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._finish(result, future))
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
+        else:
+            self._running -= 1
+            self._respond(future, result)
+            self._maybe_idle()
+
+    async def _finish(self, awaitable: Awaitable[Any], future: asyncio.Future[Any] | None) -> None:
+        token = _current_host.set(self)
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if future is not None and not future.done():
+                future.set_exception(DurableObjectResetError("the call was cancelled"))
+            raise
+        except Exception as exc:
+            self._fail(future, exc)
+        else:
+            self._respond(future, result)
+        finally:
+            _current_host.reset(token)
+            self._running -= 1
+            self._maybe_idle()
+
+    def _respond(self, future: asyncio.Future[Any] | None, result: Any) -> None:
+        if future is None:
+            return
+
+        def release(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(DurableObjectResetError(f"a write failed: {error}"))
+
+        self.output_gate.when_clear(release)
+
+    def _fail(self, future: asyncio.Future[Any] | None, exc: BaseException) -> None:
+        name = type(self.instance).__name__ if self.instance is not None else "object"
+        if future is None:
+            log.error("uncaught exception in %s(%s)", name, self.id, exc_info=exc)
+        else:
+            log.error("exception in %s(%s) reaches its caller", name, self.id, exc_info=exc)
+            if not future.done():
+                future.set_exception(as_remote(exc))
+
+    # -- sockets, background work and idleness ---------------------------------------------
+
+    def _socket_opened(self, ws: WebSocket) -> None:
+        self._cancel_idle()
+        self._sockets.add(ws)
+
+    def _socket_closed(self, ws: WebSocket) -> None:
+        self._sockets.discard(ws)
+        self._maybe_idle()
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep the object alive while ``task`` runs."""
+        self._cancel_idle()
+        self._background.add(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        self._maybe_idle()
+
+    def is_idle(self) -> bool:
+        return (
+            self._running == 0
+            and not self._queue
+            and not self._sockets
+            and not self._background
+            and self.input_gate.is_open
+            and self.output_gate.is_clear
+        )
+
+    def _maybe_idle(self) -> None:
+        if self.state is Lifecycle.EVICTED or self._idle_timer is not None or not self.is_idle():
+            return
+        deadline = self._clock.monotonic() + self._idle_timeout
+        self._idle_timer = self._clock.call_at(deadline, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if self.is_idle():
+            self.evict()
+
+    def evict(self) -> None:
+        """Drop the instance and forget this host; the next event builds a new one."""
+        self._cancel_idle()
+        self.instance = None
+        self.ctx = None
+        self._move("evict")
+        self._on_evict(self)
+
+    def reset(self, reason: str) -> None:
+        """Drop the instance after a failure; queued events construct a new one."""
+        log.warning("resetting %s(%s): %s", self.namespace.object_class.__name__, self.id, reason)
+        for ws in list(self._sockets):
+            ws._shutdown(1011, "Durable Object reset")
+        self._sockets.clear()
+        self.instance = None
+        self.ctx = None
+        self.input_gate = InputGate()
+        self.output_gate = OutputGate()
+        self._move("reset")
+        if self._queue:
+            asyncio.get_running_loop().call_soon(self._pump)
+        else:
+            self._maybe_idle()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "running": self._running,
+            "queued": len(self._queue),
+            "sockets": len(self._sockets),
+            "constructions": self.constructions,
+        }
+
+
+class DurableObjectState:
+    """``ctx`` of a Durable Object: its id, its storage, and lifecycle controls."""
+
+    __slots__ = ("_host", "id")
+
+    def __init__(self, host: ObjectHost) -> None:
+        self._host = host
+        self.id = host.id
+
+    @property
+    def storage(self) -> Any:
+        raise NotImplementedError("Durable Object storage is not available in this release")
+
+    def wait_until(self, awaitable: Awaitable[Any]) -> None:
+        """Keep the object alive until ``awaitable`` is done (errors are logged)."""
+        task = asyncio.ensure_future(awaitable)
+        task.add_done_callback(_log_background_failure)
+        self._host.track(task)
+
+    def block_concurrency_while(self, fn: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        """Run ``fn()`` with no other event delivered to the object until it finishes.
+
+        If it raises, the object is reset. Callable from the constructor (without awaiting).
+        """
+        host = self._host
+        lock: InputLock = host.input_gate.lock()
+
+        async def run() -> Any:
+            try:
+                return await fn()
+            except Exception as exc:
+                host.reset(f"block_concurrency_while() failed: {exc!r}")
+                raise
+            finally:
+                lock.release()
+
+        task = asyncio.ensure_future(run())
+        host.track(task)
+        return task
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Reset the object now; the constructor runs again on the next event."""
+        self._host.reset(f"abort({reason!r})")
+
+
+def _bind_listener(listener: Listener, event: Event) -> Call:
+    def call(_instance: DurableObject) -> Any:
+        return listener(event)
+
+    return call
+
+
+def _log_background_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("uncaught exception in wait_until()", exc_info=exc)

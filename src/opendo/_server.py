@@ -1,0 +1,122 @@
+"""Serving a project: ``create_app`` for ASGI servers, and the uvicorn runner of the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from ._app import Runtime
+from ._asgi import App
+from ._assets import Assets
+from ._clock import Clock
+from ._config import load_config
+
+__all__ = ["create_app", "serve"]
+
+log = logging.getLogger("opendo")
+
+_ENV_PROJECT = "OPENDO_PROJECT"
+_ENV_ENV = "OPENDO_ENV"
+_ENV_PERSIST = "OPENDO_PERSIST_TO"
+WS_MAX_SIZE = 32 * 1024 * 1024  # a received WebSocket message, as on Cloudflare
+
+
+def create_app(
+    project: str | Path = ".",
+    *,
+    env: str | None = None,
+    persist_to: str | Path | None = None,
+    clock: Clock | None = None,
+) -> App:
+    """The ASGI application of the project in ``project`` (a directory or its opendo.toml).
+
+    ::
+
+        # uvicorn 'myapp:app'
+        from opendo import create_app
+        app = create_app("path/to/project")
+    """
+    config = load_config(project, env)
+    runtime = Runtime.from_config(config, clock=clock)
+    persist = Path(persist_to) if persist_to is not None else config.root / ".opendo" / "state"
+    runtime.persist_to = persist  # type: ignore[attr-defined]
+    assets = None
+    if config.assets is not None:
+        assets = Assets(config.assets.directory, config.assets.not_found_handling)
+    return App(runtime, assets)
+
+
+def _app_from_environ() -> App:
+    """The factory uvicorn calls in the serving process (also after every reload)."""
+    _setup_logging()
+    return create_app(
+        os.environ[_ENV_PROJECT],
+        env=os.environ.get(_ENV_ENV) or None,
+        persist_to=os.environ.get(_ENV_PERSIST) or None,
+    )
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"Ready on http://{shown}:{port}", flush=True)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(
+    project: Path,
+    *,
+    host: str,
+    port: int,
+    env: str | None,
+    persist_to: Path,
+    reload: bool,
+) -> None:
+    """Run the project's server in the foreground until SIGINT or SIGTERM."""
+    config = load_config(project, env)  # fail early, with a clear message
+    os.environ[_ENV_PROJECT] = str(config.path)
+    os.environ[_ENV_ENV] = env or ""
+    os.environ[_ENV_PERSIST] = str(persist_to)
+    persist_to.mkdir(parents=True, exist_ok=True)
+    uv_config = uvicorn.Config(
+        "opendo._server:_app_from_environ",
+        factory=True,
+        host=host,
+        port=port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=WS_MAX_SIZE,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        reload=reload,
+        reload_dirs=[str(config.root)] if reload else None,
+        reload_includes=["*.py", "*.toml", ".dev.vars*"] if reload else None,
+        reload_excludes=[".opendo/*", ".venv/*"] if reload else None,
+    )
+    server = _Server(uv_config)
+    if reload:
+        from uvicorn.supervisors import ChangeReload
+
+        sock = uv_config.bind_socket()
+        ChangeReload(uv_config, target=server.run, sockets=[sock]).run()
+    else:
+        _setup_logging()
+        server.run()
