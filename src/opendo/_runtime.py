@@ -13,7 +13,9 @@ Every event for an object — a fetch, an RPC call, a WebSocket message — goes
 enqueues before it returns its awaitable), which is what keeps calls on one stub in order.
 An event starts at once when the object is constructed, its input gate is open and nothing is
 queued ahead of it; otherwise it waits in a FIFO queue that drains when the gate opens. A
-started event runs as its own task: events interleave at awaits, as on Cloudflare.
+started event runs as its own task, and the next event starts only after it has run up to its
+first await — so a storage call there has locked the input gate before anything else can
+start. Events interleave at awaits, as on Cloudflare.
 
 A result (the value of an RPC call, a fetch's ``Response``) reaches its caller only once the
 output gate is clear of writes made before it; an exception reaches only that caller, marked
@@ -95,6 +97,7 @@ class ObjectHost:
         "output_gate",
         "_queue",
         "_waiting_for_gate",
+        "_starting",
         "_running",
         "_sockets",
         "_background",
@@ -124,6 +127,7 @@ class ObjectHost:
         self.output_gate = OutputGate()
         self._queue: deque[tuple[Call, asyncio.Future[Any] | None]] = deque()
         self._waiting_for_gate = False
+        self._starting = False
         self._running = 0
         self._sockets: set[WebSocket] = set()
         self._background: set[asyncio.Future[Any]] = set()
@@ -161,11 +165,13 @@ class ObjectHost:
             self.deliver(_bind_listener(listener, event), None)
 
     def _ready(self) -> bool:
-        return self.state is Lifecycle.ACTIVE and self.input_gate.is_open
+        return self.state is Lifecycle.ACTIVE and self.input_gate.is_open and not self._starting
 
     def _pump(self) -> None:
         if self.state is Lifecycle.EMPTY and not self._construct():
             return
+        if self._starting:
+            return  # the event starting now pumps again after its first step
         if not self.input_gate.is_open:
             if not self._waiting_for_gate:
                 self._waiting_for_gate = True
@@ -218,6 +224,7 @@ class ObjectHost:
         finally:
             _current_host.reset(token)
         if inspect.isawaitable(result):
+            self._starting = True
             task = asyncio.ensure_future(self._finish(result, future))
             self._events.add(task)
             task.add_done_callback(self._events.discard)
@@ -228,6 +235,9 @@ class ObjectHost:
 
     async def _finish(self, awaitable: Awaitable[Any], future: asyncio.Future[Any] | None) -> None:
         token = _current_host.set(self)
+        # Runs right after this step — the user code's first step — so the next event starts
+        # only once this one has run up to its first await (and taken any input lock).
+        asyncio.get_running_loop().call_soon(self._first_step_done)
         try:
             result = await awaitable
         except asyncio.CancelledError:
@@ -242,6 +252,11 @@ class ObjectHost:
             _current_host.reset(token)
             self._running -= 1
             self._maybe_idle()
+
+    def _first_step_done(self) -> None:
+        self._starting = False
+        if self._queue:
+            self._pump()
 
     def _respond(self, future: asyncio.Future[Any] | None, result: Any) -> None:
         if future is None:
