@@ -5,7 +5,7 @@
 #   env RUNS=3           runs per (workload, server); peer/opendo alternate, first server swaps each run
 #       ONLY=both        both | workerd | opendo
 #       HTTP=0           1: also httpload GET /bench-http, concurrency 32, 4000 requests
-#       OPENDO=/work/main/.venv/bin/opendo
+#       OPENDO=REPO/.venv/bin/opendo
 #       PY=/tmp/bench-venv/bin/python   (needs websockets + aiohttp)
 #       BENCH_DIR=/work/shared/bench  PEER_SRC=/work/shared/peer/chat-workerd
 #       PEER_DIR=/tmp/chat-workerd-peer   writable copy of the peer (npm install happens there once)
@@ -22,7 +22,7 @@ REPO="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 ONLY="${ONLY:-both}"
 HTTP="${HTTP:-0}"
-OPENDO="${OPENDO:-/work/main/.venv/bin/opendo}"
+OPENDO="${OPENDO:-$REPO/.venv/bin/opendo}"
 BENCH_DIR="${BENCH_DIR:-/work/shared/bench}"
 PEER_SRC="${PEER_SRC:-/work/shared/peer/chat-workerd}"
 PEER_DIR="${PEER_DIR:-/tmp/chat-workerd-peer}"
@@ -236,6 +236,8 @@ http() { # LABEL CONCURRENCY REQUESTS
 chat "ws 1x10 s10 m100" 1 10 10 100
 chat "ws 1x200 s5 m20" 1 200 5 20
 chat "ws 50x4 s2 m50" 50 4 2 50
+chat "ws 1x10 s10 m1000" 1 10 10 1000
+chat "ws 1x100 s10 m100" 1 100 10 100
 if [ "$HTTP" = 1 ]; then
   http "http c32 n4000" 32 4000
 fi

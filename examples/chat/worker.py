@@ -37,8 +37,8 @@ class Chat(DurableObject):
     def broadcast(self, data: str | bytes) -> None:
         try:
             message = json.loads(data)
-            frame = json.dumps({"from": message["from"], "text": message["text"]})
-        except (ValueError, TypeError, KeyError):
+            frame = json.dumps({"from": message["from"], "text": message["text"]}, allow_nan=False)
+        except (ValueError, TypeError, KeyError, RecursionError):
             return  # not a {"from", "text"} message: ignore it
         for session in self.sessions.values():
             session.send(frame)

@@ -140,6 +140,8 @@ class App:
                 elif kind == "websocket.disconnect":
                     code = message.get("code", 1005)
                     reason = message.get("reason") or ""
+                    if code == 1005 and "reason" not in message:
+                        code = 1006  # the connection was lost, no close frame came
                     break
         finally:
             transport.closed = True
