@@ -13,16 +13,16 @@ from opendo import DurableObject, Request, Response, WebSocketPair, WorkerEntryp
 class Chat(DurableObject):
     def __init__(self, ctx, env):
         super().__init__(ctx, env)
-        self.counter = 0  # auto-increments for every connected client
         self.sessions = {}  # id -> the server end of that client's WebSocket
 
     async def fetch(self, request: Request) -> Response:
         if request.headers.get("Upgrade") != "websocket":
             return Response("Expected upgrade: websocket", status=426)
 
-        # No lock needed: nothing else runs in this object until we await.
-        self.counter += 1
-        id = self.counter
+        # The counter is in storage, so ids keep counting up across restarts. No lock is
+        # needed: nothing else runs in this object between the get and the put.
+        id = (await self.ctx.storage.get("counter") or 0) + 1
+        await self.ctx.storage.put("counter", id)
 
         client, server = WebSocketPair()
         server.accept()

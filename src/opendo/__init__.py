@@ -11,6 +11,7 @@ from ._api import DurableObject, Env, ExecutionContext, WorkerEntrypoint
 from ._app import Runtime
 from ._asgi import App
 from ._clock import Clock, FakeClock, LoopClock
+from ._codec import CodecError, DecodeError
 from ._config import Config, ConfigError, load_config
 from ._errors import DurableObjectError, DurableObjectResetError
 from ._gates import GateBrokenError, InputGate, OutputGate
@@ -19,14 +20,18 @@ from ._ids import DurableObjectId
 from ._namespace import DurableObjectNamespace, DurableObjectStub
 from ._runtime import DurableObjectState
 from ._server import create_app
+from ._sqlite import MemoryDriver, SqliteDriver, StorageDriver
+from ._storage import SqlCursor, SqlError, SqlStorage, Storage, StorageError, Transaction
 from ._websocket import CloseEvent, ErrorEvent, MessageEvent, ReadyState, WebSocket, WebSocketPair
 
 __all__ = [
     "App",
     "Clock",
     "CloseEvent",
+    "CodecError",
     "Config",
     "ConfigError",
+    "DecodeError",
     "DurableObject",
     "DurableObjectError",
     "DurableObjectId",
@@ -42,12 +47,21 @@ __all__ = [
     "Headers",
     "InputGate",
     "LoopClock",
+    "MemoryDriver",
     "MessageEvent",
     "OutputGate",
     "ReadyState",
     "Request",
     "Response",
     "Runtime",
+    "SqlCursor",
+    "SqlError",
+    "SqlStorage",
+    "SqliteDriver",
+    "Storage",
+    "StorageDriver",
+    "StorageError",
+    "Transaction",
     "WebSocket",
     "WebSocketPair",
     "WorkerEntrypoint",

@@ -18,6 +18,8 @@ from ._http import Request, Response
 from ._ids import DurableObjectId
 from ._namespace import DurableObjectNamespace
 from ._runtime import ObjectHost
+from ._sqlite import MemoryDriver, StorageDriver
+from ._storage import Storage
 from ._websocket import ReadyState
 
 __all__ = ["Runtime"]
@@ -42,8 +44,10 @@ class Runtime:
         vars: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
         idle_timeout: float = 70.0,
+        storage: StorageDriver | None = None,
     ) -> None:
         self.worker = worker
+        self.storage_driver: StorageDriver = storage if storage is not None else MemoryDriver()
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.idle_timeout = idle_timeout
         self._hosts: dict[tuple[str, DurableObjectId], ObjectHost] = {}
@@ -56,7 +60,9 @@ class Runtime:
         self.env = Env({**(vars or {}), **namespaces})
 
     @classmethod
-    def from_config(cls, config: Config, *, clock: Clock | None = None) -> Runtime:
+    def from_config(
+        cls, config: Config, *, clock: Clock | None = None, storage: StorageDriver | None = None
+    ) -> Runtime:
         """Import the project's main module and bind its classes as the config says."""
         module = import_main(config.main)
         worker = _find_worker(module, config)
@@ -81,6 +87,7 @@ class Runtime:
             vars={**config.vars, **config.secrets},
             clock=clock,
             idle_timeout=config.idle_timeout,
+            storage=storage,
         )
 
     # -- requests ---------------------------------------------------------------------------
@@ -110,9 +117,14 @@ class Runtime:
                 clock=self.clock,
                 idle_timeout=self.idle_timeout,
                 on_evict=self._forget,
+                open_storage=self._open_storage,
             )
             self._hosts[key] = host
         return host
+
+    def _open_storage(self, host: ObjectHost) -> Storage:
+        db = self.storage_driver.open(host.namespace.object_class.__name__, host.id)
+        return Storage(host, db)
 
     def _forget(self, host: ObjectHost) -> None:
         key = (host.namespace.object_class.__name__, host.id)
@@ -135,6 +147,7 @@ class Runtime:
                 if ws.ready_state is ReadyState.OPEN:
                     ws._shutdown(1001, "server shutting down")
             host._cancel_idle()
+            host._close_storage()
         self._hosts.clear()
 
     def statistics(self) -> dict[str, Any]:

@@ -287,7 +287,7 @@ async def _send_asset(asset: Asset, headers: Headers, head: bool, send: Send) ->
         (b"etag", asset.etag.encode()),
         (b"cache-control", b"public, max-age=0, must-revalidate"),
     ]
-    if headers.get("if-none-match") == asset.etag:
+    if _etag_matches(headers.get("if-none-match"), asset.etag):
         await send({"type": "http.response.start", "status": 304, "headers": common})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -305,3 +305,14 @@ async def _send_asset(asset: Asset, headers: Headers, head: bool, send: Send) ->
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: ``*`` or a list of (possibly weak) entity tags."""
+    if header is None:
+        return False
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ._app import Runtime
 from ._config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -32,10 +33,13 @@ def _run(
 
     try:
         config = load_config(project, env)
+        Runtime.from_config(config)  # import the Worker module: fail now, and clearly
         serve(
             config.root,
             host=ip or config.dev_ip or "127.0.0.1",
-            port=port if port is not None else (config.dev_port or 8787),
+            port=port
+            if port is not None
+            else (8787 if config.dev_port is None else config.dev_port),
             env=env,
             persist_to=(persist_to or config.root / ".opendo" / "state").resolve(),
             reload=reload,

@@ -114,8 +114,12 @@ class Config:
 class _Checker:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.env_prefix = ""
+        self.from_env: set[str] = set()  # top-level keys that [env.NAME] replaced
 
     def fail(self, key: str, message: str) -> ConfigError:
+        if key.split(".")[0].split("[")[0] in self.from_env:
+            key = self.env_prefix + key
         return ConfigError(f"{self.path}: {key}: {message}")
 
     def table(self, value: Any, key: str) -> dict[str, Any]:
@@ -183,6 +187,8 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         section = check.table(envs[env], f"env.{env}")
         check.keys(section, _ENV_KEYS, f"env.{env}")
         data = {**data, **section}
+        check.env_prefix = f"env.{env}."
+        check.from_env = set(section)
 
     name = check.string(data.get("name"), "name", "a project name (string)")
     main_value = check.string(
@@ -237,9 +243,17 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
             raise check.fail(f"{key}.tag", f"the tag {tag!r} is used twice; tags must be unique")
         tags.add(tag)
         renamed: list[tuple[str, str]] = []
-        for j, pair in enumerate(item.get("renamed_classes", [])):
+        raw_renamed = item.get("renamed_classes", [])
+        if not isinstance(raw_renamed, list):
+            raise check.fail(
+                f"{key}.renamed_classes",
+                'expected an array of {from = "Old", to = "New"} tables, '
+                f"got {_kind(raw_renamed)}",
+            )
+        for j, pair in enumerate(raw_renamed):
             rkey = f"{key}.renamed_classes[{j}]"
             pair = check.table(pair, rkey)
+            check.keys(pair, {"from", "to"}, rkey)
             renamed.append(
                 (
                     check.string(pair.get("from"), f"{rkey}.from"),
@@ -280,7 +294,7 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
     runtime = check.table(data.get("runtime", {}), "runtime")
     check.keys(runtime, {"idle_timeout"}, "runtime")
     idle = runtime.get("idle_timeout", 70.0)
-    if isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0:
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 < idle < float("inf"):
         raise check.fail("runtime.idle_timeout", f"expected seconds > 0, got {_kind(idle)}")
 
     dev = check.table(data.get("dev", {}), "dev")
@@ -322,7 +336,11 @@ def _read_dev_vars(root: Path, env: str | None) -> dict[str, str]:
 
 def _parse_dotenv(file: Path) -> dict[str, str]:
     values: dict[str, str] = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: the file is not UTF-8 text") from None
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -41,7 +41,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._clock import Clock, TimerHandle
 from ._errors import DurableObjectResetError, as_remote
@@ -84,6 +84,13 @@ _TRANSITIONS: dict[tuple[Lifecycle, str], Lifecycle] = {
 Call = Callable[["DurableObject"], Any]
 
 
+class StorageHandle(Protocol):
+    """What the host needs of an object's storage: to close it (rolling back what was not
+    committed) when the instance goes away."""
+
+    def _close(self) -> None: ...
+
+
 class ObjectHost:
     """Hosts the single live instance of one Durable Object."""
 
@@ -106,6 +113,8 @@ class ObjectHost:
         "_clock",
         "_idle_timeout",
         "_on_evict",
+        "_open_storage",
+        "_storage",
         "constructions",
     )
 
@@ -117,6 +126,7 @@ class ObjectHost:
         clock: Clock,
         idle_timeout: float,
         on_evict: Callable[[ObjectHost], None],
+        open_storage: Callable[[ObjectHost], StorageHandle] | None = None,
     ) -> None:
         self.namespace = namespace
         self.id = id
@@ -136,6 +146,8 @@ class ObjectHost:
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._on_evict = on_evict
+        self._open_storage = open_storage
+        self._storage: StorageHandle | None = None
         self.constructions = 0
 
     def _move(self, action: str) -> None:
@@ -327,9 +339,24 @@ class ObjectHost:
         if self.is_idle():
             self.evict()
 
+    @property
+    def storage(self) -> StorageHandle:
+        """The object's storage, opened on first use."""
+        if self._storage is None:
+            if self._open_storage is None:
+                raise RuntimeError("this runtime has no storage")
+            self._storage = self._open_storage(self)
+        return self._storage
+
+    def _close_storage(self) -> None:
+        storage, self._storage = self._storage, None
+        if storage is not None:
+            storage._close()
+
     def evict(self) -> None:
         """Drop the instance and forget this host; the next event builds a new one."""
         self._cancel_idle()
+        self._close_storage()
         self.instance = None
         self.ctx = None
         self._move("evict")
@@ -341,6 +368,7 @@ class ObjectHost:
         for ws in list(self._sockets):
             ws._shutdown(1011, "Durable Object reset")
         self._sockets.clear()
+        self._close_storage()
         self.instance = None
         self.ctx = None
         self.input_gate = InputGate()
@@ -372,7 +400,8 @@ class DurableObjectState:
 
     @property
     def storage(self) -> Any:
-        raise NotImplementedError("Durable Object storage is not available in this release")
+        """Durable KV and SQL storage, private to this object (see ``opendo.Storage``)."""
+        return self._host.storage
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         """Keep the object alive until ``awaitable`` is done (errors are logged)."""

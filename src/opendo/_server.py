@@ -7,14 +7,19 @@ import os
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import uvicorn
+from uvicorn.supervisors.watchfilesreload import WatchFilesReload
+from watchfiles import watch
 
 from ._app import Runtime
 from ._asgi import App
 from ._assets import Assets
 from ._clock import Clock
-from ._config import load_config
+from ._config import ConfigError, load_config
+from ._sqlite import SqliteDriver, StorageDriver
 
 __all__ = ["create_app", "serve"]
 
@@ -32,6 +37,7 @@ def create_app(
     env: str | None = None,
     persist_to: str | Path | None = None,
     clock: Clock | None = None,
+    storage: StorageDriver | None = None,
 ) -> App:
     """The ASGI application of the project in ``project`` (a directory or its opendo.toml).
 
@@ -42,9 +48,8 @@ def create_app(
         app = create_app("path/to/project")
     """
     config = load_config(project, env)
-    runtime = Runtime.from_config(config, clock=clock)
     persist = Path(persist_to) if persist_to is not None else config.root / ".opendo" / "state"
-    runtime.persist_to = persist  # type: ignore[attr-defined]
+    runtime = Runtime.from_config(config, clock=clock, storage=storage or SqliteDriver(persist))
     assets = None
     if config.assets is not None:
         assets = Assets(config.assets.directory, config.assets.not_found_handling)
@@ -54,14 +59,52 @@ def create_app(
 def _app_from_environ() -> App:
     """The factory uvicorn calls in the serving process (also after every reload)."""
     _setup_logging()
-    return create_app(
-        os.environ[_ENV_PROJECT],
-        env=os.environ.get(_ENV_ENV) or None,
-        persist_to=os.environ.get(_ENV_PERSIST) or None,
-    )
+    try:
+        return create_app(
+            os.environ[_ENV_PROJECT],
+            env=os.environ.get(_ENV_ENV) or None,
+            persist_to=os.environ.get(_ENV_PERSIST) or None,
+        )
+    except ConfigError as exc:
+        print(f"opendo: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _watched(path: Path) -> bool:
+    """The files whose change restarts ``opendo dev``."""
+    if any(part in (".opendo", ".venv", "__pycache__", ".git") for part in path.parts):
+        return False
+    name = path.name
+    return name.endswith((".py", ".toml")) or name.startswith(".dev.vars")
+
+
+class _Reloader(WatchFilesReload):
+    """uvicorn's watchfiles reloader, watching before the server starts (so no edit made
+    right after "Ready" is missed) and seeing ``.dev.vars`` files."""
+
+    def __init__(self, config: uvicorn.Config, target: Any, sockets: list[socket.socket]) -> None:
+        super().__init__(config, target, sockets)
+        self.watch_filter = _watched  # type: ignore[assignment]
+        self.watcher = watch(
+            *self.reload_dirs,
+            watch_filter=None,
+            stop_event=self.should_exit,
+            yield_on_timeout=True,
+            rust_timeout=100,
+            ignore_permission_denied=True,
+        )
+
+    def startup(self) -> None:
+        next(self.watcher)  # starts the watcher; returns within rust_timeout
+        super().startup()
 
 
 class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # A signal asked for a clean shutdown: exit 0 afterwards instead of re-raising it.
+        self._captured_signals.clear()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
@@ -108,15 +151,11 @@ def serve(
         log_level="warning",
         reload=reload,
         reload_dirs=[str(config.root)] if reload else None,
-        reload_includes=["*.py", "*.toml", ".dev.vars*"] if reload else None,
-        reload_excludes=[".opendo/*", ".venv/*"] if reload else None,
     )
     server = _Server(uv_config)
     if reload:
-        from uvicorn.supervisors import ChangeReload
-
         sock = uv_config.bind_socket()
-        ChangeReload(uv_config, target=server.run, sockets=[sock]).run()
+        _Reloader(uv_config, target=server.run, sockets=[sock]).run()
     else:
         _setup_logging()
         server.run()

@@ -1,0 +1,215 @@
+"""The storage driver: one SQLite database per object, and its durability barrier.
+
+Every object gets its own SQLite database. The object's code talks to it synchronously, on
+the event loop thread: a read or a write is a call into SQLite on a file the OS has cached,
+which takes microseconds and never yields — so nothing else can run between two storage
+calls of one event, and no lock is needed for that.
+
+What is slow is making a commit durable. The database runs in WAL mode with
+``synchronous=NORMAL``: a ``COMMIT`` appends the transaction's pages to the ``-wal`` file
+(a ``write()`` into the OS page cache) without waiting for the disk, and SQLite itself syncs
+at checkpoints. The runtime then calls ``ObjectDatabase.flush()`` from a worker thread, which
+``fsync``s the WAL file: once it returns, every commit made before it started is on disk, and
+only then does the output gate let the results of those writes leave the process. Many
+commits made while one flush runs share the next flush (group commit).
+
+``StorageDriver`` is the boundary tests may replace: a driver opens databases, and a
+database's ``flush()`` is the one call that decides durability. ``SqliteDriver`` keeps files
+under the persist directory; ``MemoryDriver`` keeps databases in memory (for tests of user
+code, where durability is not the point).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Protocol
+
+from ._ids import DurableObjectId
+
+__all__ = [
+    "KV_TABLE",
+    "MemoryDriver",
+    "ObjectDatabase",
+    "SqliteDriver",
+    "StorageDriver",
+]
+
+KV_TABLE = "_opendo_kv"
+META_TABLE = "_opendo_meta"
+RESERVED_PREFIX = "_opendo_"
+
+MAX_VALUE_BYTES = 2 * 1024 * 1024  # a string, blob or row; as Cloudflare's SQLite limit
+MAX_SQL_LENGTH = 100_000
+MAX_COLUMNS = 100
+MAX_INTERNAL_VARIABLES = 512  # our own multi-key statements; users get MAX_BINDINGS
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {KV_TABLE} (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+# Pragmas user SQL may run: the read-only, introspective ones.
+_USER_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "quick_check",
+        "integrity_check",
+    }
+)
+_READ_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,
+    }
+)
+
+
+class ObjectDatabase:
+    """One object's SQLite connection, with the guard that keeps user SQL in its lane.
+
+    While ``user_sql`` is set, the authorizer refuses transaction control (the runtime owns
+    transactions), ATTACH/DETACH, pragmas other than introspection, and any access to the
+    runtime's own ``_opendo_*`` tables; ``refused`` then says why, and ``wrote`` records
+    whether the statement may change the database.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.user_sql = False
+        self.refused: str | None = None
+        self.wrote = False
+        self._synced_once = path is None
+        self._wal_fd: int | None = None
+        target = str(path) if path is not None else ":memory:"
+        conn = sqlite3.connect(
+            target, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+        self.connection = conn
+        try:
+            if path is not None:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_INTERNAL_VARIABLES)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+            conn.set_authorizer(self._authorize)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _authorize(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None
+    ) -> int:
+        if not self.user_sql:
+            return sqlite3.SQLITE_OK
+        if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+            self.refused = (
+                "BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not allowed in sql.exec(): "
+                "the runtime commits your writes; use storage.transaction_sync() to group them"
+            )
+            return sqlite3.SQLITE_DENY
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            self.refused = "ATTACH and DETACH are not allowed in sql.exec()"
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA:
+            if (arg1 or "").lower() in _USER_PRAGMAS and arg2 is None:
+                return sqlite3.SQLITE_OK
+            self.refused = f"PRAGMA {arg1} is not allowed in sql.exec()"
+            return sqlite3.SQLITE_DENY
+        for name in (arg1, arg2):
+            if name and name.lower().startswith(RESERVED_PREFIX):
+                self.refused = f"{name} is reserved for the runtime and cannot be used in SQL"
+                return sqlite3.SQLITE_DENY
+        if action not in _READ_ACTIONS:
+            self.wrote = True
+        return sqlite3.SQLITE_OK
+
+    def flush(self) -> None:
+        """Block until every commit made so far is on disk. Runs in a worker thread."""
+        if self.path is None:
+            return
+        if self._wal_fd is None:
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        os.fsync(self._wal_fd)
+        if not self._synced_once:
+            # A new database: its file and its -wal file must also be found after a crash.
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.path.parent)
+            self._synced_once = True
+
+    def close(self) -> None:
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        self.connection.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StorageDriver(Protocol):
+    """Opens the database of one object. Implementations: SqliteDriver, MemoryDriver."""
+
+    def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase: ...
+
+
+class SqliteDriver:
+    """Databases as files: ``<persist>/<ClassName>/<id>.sqlite``."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def path_of(self, class_name: str, id: DurableObjectId) -> Path:
+        return self.directory / class_name / f"{id}.sqlite"
+
+    def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
+        path = self.path_of(class_name, id)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(path.parent.parent)
+        return ObjectDatabase(path)
+
+
+class MemoryDriver:
+    """Databases in memory: kept while the driver lives, gone with the process."""
+
+    def __init__(self) -> None:
+        self._databases: dict[tuple[str, DurableObjectId], ObjectDatabase] = {}
+
+    def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
+        key = (class_name, id)
+        db = self._databases.get(key)
+        if db is None:
+            db = self._databases[key] = _KeptOpen(None)
+        return db
+
+
+class _KeptOpen(ObjectDatabase):
+    """An in-memory database survives its object's eviction: closing it keeps it."""
+
+    def close(self) -> None:
+        if self.connection.in_transaction:
+            self.connection.execute("ROLLBACK")

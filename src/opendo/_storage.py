@@ -1,0 +1,689 @@
+"""``ctx.storage``: the KV and SQL APIs over the object's own database.
+
+Theory of operation
+-------------------
+
+*Batches.* The first write of a turn (any ``put``/``delete``/``delete_all``, or any
+``sql.exec``) opens a SQLite transaction and schedules its commit for the end of the turn
+(``loop.call_soon``). Every write until the event next really waits joins that transaction,
+so writes made without an intervening await commit as one atomic batch. Reads run in the
+same transaction, so they see the batch's writes at once.
+
+*Output gate.* The first write that can change the database takes an ``OutputLock`` for the
+batch. After ``COMMIT`` the lock goes to the flusher, which runs ``ObjectDatabase.flush()``
+(an fsync) in a worker thread and releases every lock that flush covers. Responses and
+WebSocket messages sent after the write wait for that release; a failed commit or flush
+fails the locks (held messages are dropped, callers get errors) and resets the object.
+While a flush is in flight the object keeps running and new commits queue for the next
+flush, so under load many commits share one fsync.
+
+*Input gate.* Storage calls never wait for I/O on the event loop, so the input gate does not
+need to be locked for them; it is locked for the whole of an async ``transaction(fn)``, whose
+function may await other things, so that no other event can see or join it.
+
+*Guards.* A ``Storage`` whose object was reset or evicted refuses every call, naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ._codec import decode, encode
+from ._gates import OutputLock
+from ._sqlite import KV_TABLE, MAX_VALUE_BYTES, META_TABLE, ObjectDatabase
+
+if TYPE_CHECKING:
+    from ._runtime import ObjectHost
+
+__all__ = [
+    "MAX_BINDINGS",
+    "MAX_KEY_BYTES",
+    "MAX_KEYS",
+    "SqlCursor",
+    "SqlError",
+    "SqlStorage",
+    "Storage",
+    "StorageError",
+    "Transaction",
+]
+
+log = logging.getLogger("opendo")
+
+MAX_KEYS = 128  # keys in one multi-key call
+MAX_KEY_BYTES = 2048
+MAX_BINDINGS = 100
+
+T = TypeVar("T")
+
+
+class StorageError(Exception):
+    """A storage call was refused: bad arguments, a limit, or a storage that is gone."""
+
+
+class SqlError(StorageError):
+    """An error from SQLite, or a statement ``sql.exec`` does not allow."""
+
+
+def _check_key(key: Any, method: str) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"storage.{method}(): keys must be str, got {type(key).__name__}")
+    raw = key.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_KEY_BYTES:
+        raise StorageError(
+            f"storage.{method}(): a key is {len(raw)} bytes of UTF-8; the limit is {MAX_KEY_BYTES}"
+        )
+    return raw
+
+
+def _check_keys(keys: Any, method: str) -> list[bytes]:
+    keys = list(keys)
+    if len(keys) > MAX_KEYS:
+        raise StorageError(
+            f"storage.{method}(): {len(keys)} keys in one call; the limit is {MAX_KEYS}"
+        )
+    return [_check_key(k, method) for k in keys]
+
+
+def _encode_value(key: bytes, value: Any, method: str) -> bytes:
+    data = encode(value)
+    if len(key) + len(data) > MAX_VALUE_BYTES:
+        raise StorageError(
+            f"storage.{method}(): the value for {key.decode('utf-8', 'replace')!r} is "
+            f"{len(data)} bytes encoded; key and value together may take {MAX_VALUE_BYTES}"
+        )
+    return data
+
+
+class _Batches:
+    """Commits batches at the end of a turn and makes them durable through the flusher."""
+
+    __slots__ = (
+        "db",
+        "host",
+        "batch_lock",
+        "commit_scheduled",
+        "depth",
+        "pending",
+        "flushing",
+        "closed",
+    )
+
+    def __init__(self, db: ObjectDatabase, host: ObjectHost) -> None:
+        self.db = db
+        self.host = host
+        self.batch_lock: OutputLock | None = None
+        self.commit_scheduled = False
+        self.depth = 0  # open transaction()/transaction_sync() scopes
+        self.pending: list[OutputLock] = []
+        self.flushing = False
+        self.closed = False
+
+    def begin(self) -> None:
+        conn = self.db.connection
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+        if not self.commit_scheduled:
+            self.commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self.commit)
+
+    def wrote(self) -> None:
+        if self.batch_lock is None:
+            self.batch_lock = self.host.output_gate.lock()
+
+    def commit(self) -> None:
+        self.commit_scheduled = False
+        if self.depth or self.closed:
+            return  # an open transaction() commits when it ends
+        conn = self.db.connection
+        if conn.in_transaction:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.fail(exc)
+                return
+        lock, self.batch_lock = self.batch_lock, None
+        if lock is not None:
+            self.pending.append(lock)
+            self.flush()
+
+    def flush(self) -> None:
+        if self.flushing or not self.pending:
+            return
+        self.flushing = True
+        locks, self.pending = self.pending, []
+        future = asyncio.get_running_loop().run_in_executor(None, self.db.flush)
+        future.add_done_callback(lambda f: self._flushed(f, locks))
+
+    def _flushed(self, future: asyncio.Future[None], locks: list[OutputLock]) -> None:
+        self.flushing = False
+        if self.closed:
+            self.db.close()  # its close waited for this flush
+        error = future.exception()
+        if error is not None:
+            for lock in locks:
+                lock.fail(error)
+            self.fail(error)
+            return
+        for lock in locks:
+            lock.release()
+        if not self.closed:
+            self.flush()
+
+    def fail(self, error: BaseException) -> None:
+        """A write did not make it: drop what waits on it and reset the object."""
+        log.error("a write of %s failed: %r", self.host.id, error)
+        for lock in (self.batch_lock, *self.pending):
+            if lock is not None:
+                lock.fail(error)
+        self.batch_lock = None
+        self.pending = []
+        if not self.closed:
+            self.host.reset(f"a write failed: {error!r}")
+
+    def close(self) -> None:
+        """Roll back what was not committed and close the database (after a running flush)."""
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.db.connection
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if self.batch_lock is not None:
+            self.batch_lock.fail(StorageError("the object was reset before its write committed"))
+            self.batch_lock = None
+        if not self.flushing:
+            self.db.close()
+
+
+class Storage:
+    """``ctx.storage``: durable KV and SQL storage, private to this object."""
+
+    __slots__ = ("_db", "_batches", "_host", "sql", "kv")
+
+    def __init__(self, host: ObjectHost, db: ObjectDatabase) -> None:
+        self._host = host
+        self._db: ObjectDatabase | None = db
+        self._batches = _Batches(db, host)
+        self.sql = SqlStorage(self)
+        self.kv = SyncKV(self)
+        if host.id.name is not None:
+            db.connection.execute(
+                f"INSERT OR IGNORE INTO {META_TABLE} (key, value) VALUES ('name', ?)",
+                (host.id.name,),
+            )
+
+    def _conn(self, method: str) -> sqlite3.Connection:
+        db = self._db
+        if db is None:
+            raise StorageError(
+                f"storage.{method}() was called on the storage of an object that was reset or "
+                "evicted; use the storage of the current instance (self.ctx.storage)"
+            )
+        return db.connection
+
+    def _write(self, method: str) -> sqlite3.Connection:
+        conn = self._conn(method)
+        self._batches.begin()
+        self._batches.wrote()
+        return conn
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db = None
+            self._batches.close()
+
+    # -- KV (async, as on Cloudflare) -------------------------------------------------------
+
+    @overload
+    async def get(self, key: str) -> Any: ...
+    @overload
+    async def get(self, key: list[str] | tuple[str, ...]) -> dict[str, Any]: ...
+    async def get(self, key: str | list[str] | tuple[str, ...]) -> Any:
+        """The value of ``key`` (None if absent), or a dict of the found keys, in key order."""
+        return self._get(key, "get")
+
+    @overload
+    async def put(self, key: str, value: Any) -> None: ...
+    @overload
+    async def put(self, key: Mapping[str, Any]) -> None: ...
+    async def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
+        """Store ``value`` under ``key``, or every item of a dict (at most 128)."""
+        self._put(key, value, "put")
+
+    @overload
+    async def delete(self, key: str) -> bool: ...
+    @overload
+    async def delete(self, key: list[str] | tuple[str, ...]) -> int: ...
+    async def delete(self, key: str | list[str] | tuple[str, ...]) -> bool | int:
+        """Delete ``key`` (True if it existed), or several keys (how many existed)."""
+        return self._delete(key, "delete")
+
+    async def list(
+        self,
+        *,
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        prefix: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """Keys and values in key order (UTF-8 byte order): ``start`` inclusive, ``end``
+        exclusive, ``start_after`` exclusive (not with ``start``)."""
+        return dict(self._list(start, start_after, end, prefix, reverse, limit, "list"))
+
+    async def delete_all(self) -> None:
+        """Delete every key and every SQL table, atomically. The alarm stays."""
+        conn = self._write("delete_all")
+        conn.execute(f"DELETE FROM {KV_TABLE}")
+        rows = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND substr(name, 1, 7) != 'sqlite_' AND substr(name, 1, 8) != '_opendo_'"
+        ).fetchall()
+        for kind, name in rows:
+            quoted = '"' + name.replace('"', '""') + '"'
+            conn.execute(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {quoted}")
+
+    async def sync(self) -> None:
+        """Wait until every write made so far is durable."""
+        self._conn("sync")
+        host = self._host
+        if host.output_gate.is_clear and self._batches.batch_lock is None:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(StorageError(f"a write failed: {error!r}"))
+
+        host.output_gate.when_clear(done)
+        await future
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def transaction_sync(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` as one transaction: if it raises, its writes are rolled back."""
+        conn = self._write("transaction_sync")
+        batches = self._batches
+        name = f"_opendo_t{batches.depth}"
+        conn.execute(f"SAVEPOINT {name}")
+        batches.depth += 1
+        try:
+            result = fn()
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError(
+                    "transaction_sync() takes a plain function; use await transaction(fn) "
+                    "for an async one"
+                )
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            conn.execute(f"RELEASE {name}")
+            return result
+        finally:
+            batches.depth -= 1
+            if batches.depth == 0:
+                batches.begin()  # make sure the batch's commit is scheduled
+
+    async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``await fn(txn)`` as one transaction; no other event runs until it ends.
+
+        It commits when ``fn`` returns and rolls back if it raises or calls
+        ``txn.rollback()``.
+        """
+        conn = self._write("transaction")
+        batches = self._batches
+        name = f"_opendo_t{batches.depth}"
+        gate_lock = self._host.input_gate.lock()
+        conn.execute(f"SAVEPOINT {name}")
+        batches.depth += 1
+        txn = Transaction(self)
+        try:
+            result = await fn(txn)
+        except BaseException:
+            if self._db is not None:
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            if self._db is not None:
+                if txn._rolled_back:
+                    conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            return result
+        finally:
+            txn._done = True
+            batches.depth -= 1
+            gate_lock.release()
+            if batches.depth == 0 and self._db is not None:
+                batches.begin()
+
+    # -- the synchronous core ----------------------------------------------------------------
+
+    def _get(self, key: str | Iterable[str], method: str) -> Any:
+        conn = self._conn(method)
+        if isinstance(key, str):
+            raw = _check_key(key, method)
+            row = conn.execute(f"SELECT value FROM {KV_TABLE} WHERE key = ?", (raw,)).fetchone()
+            return None if row is None else decode(row[0])
+        if not isinstance(key, list | tuple):
+            raise TypeError(
+                f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
+            )
+        keys = _check_keys(key, method)
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = conn.execute(
+            f"SELECT key, value FROM {KV_TABLE} WHERE key IN ({marks}) ORDER BY key", keys
+        ).fetchall()
+        return {k.decode("utf-8", "surrogatepass"): decode(v) for k, v in rows}
+
+    def _put(self, key: str | Mapping[str, Any], value: Any, method: str) -> None:
+        if isinstance(key, str):
+            raw = _check_key(key, method)
+            items = [(raw, _encode_value(raw, value, method))]
+        elif isinstance(key, Mapping):
+            if len(key) > MAX_KEYS:
+                raise StorageError(
+                    f"storage.{method}(): {len(key)} entries in one call; the limit is {MAX_KEYS}"
+                )
+            items = []
+            for k, v in key.items():
+                raw = _check_key(k, method)
+                items.append((raw, _encode_value(raw, v, method)))
+        else:
+            raise TypeError(
+                f"storage.{method}() takes a str key and a value, or a dict, got "
+                f"{type(key).__name__}"
+            )
+        conn = self._write(method)
+        conn.executemany(
+            f"INSERT INTO {KV_TABLE} (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            items,
+        )
+
+    def _delete(self, key: str | Iterable[str], method: str) -> bool | int:
+        if isinstance(key, str):
+            raw = _check_key(key, method)
+            conn = self._write(method)
+            return conn.execute(f"DELETE FROM {KV_TABLE} WHERE key = ?", (raw,)).rowcount > 0
+        if not isinstance(key, list | tuple):
+            raise TypeError(
+                f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
+            )
+        keys = _check_keys(key, method)
+        conn = self._write(method)
+        if not keys:
+            return 0
+        marks = ",".join("?" * len(keys))
+        return conn.execute(f"DELETE FROM {KV_TABLE} WHERE key IN ({marks})", keys).rowcount
+
+    def _list(
+        self,
+        start: str | None,
+        start_after: str | None,
+        end: str | None,
+        prefix: str | None,
+        reverse: bool,
+        limit: int | None,
+        method: str,
+    ) -> Iterator[tuple[str, Any]]:
+        conn = self._conn(method)
+        if start is not None and start_after is not None:
+            raise StorageError(f"storage.{method}(): start and start_after cannot be combined")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0
+        ):
+            raise StorageError(f"storage.{method}(): limit must be a positive int, got {limit!r}")
+        where: list[str] = []
+        args: list[bytes | int] = []
+        if start is not None:
+            where.append("key >= ?")
+            args.append(_check_key(start, method))
+        if start_after is not None:
+            where.append("key > ?")
+            args.append(_check_key(start_after, method))
+        if end is not None:
+            where.append("key < ?")
+            args.append(_check_key(end, method))
+        if prefix is not None:
+            raw = _check_key(prefix, method)
+            if raw:
+                where.append("key >= ?")
+                args.append(raw)
+                upper = _successor(raw)
+                if upper is not None:
+                    where.append("key < ?")
+                    args.append(upper)
+        sql = f"SELECT key, value FROM {KV_TABLE}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        for k, v in conn.execute(sql, args).fetchall():
+            yield k.decode("utf-8", "surrogatepass"), decode(v)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string that starts with ``prefix``."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class Transaction:
+    """The ``txn`` of ``storage.transaction(fn)``: the KV API, plus ``rollback()``."""
+
+    __slots__ = ("_storage", "_rolled_back", "_done")
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._rolled_back = False
+        self._done = False
+
+    def _check(self, method: str) -> Storage:
+        if self._done:
+            raise StorageError(f"txn.{method}() was called after its transaction ended")
+        if self._rolled_back:
+            raise StorageError(f"txn.{method}() was called after txn.rollback()")
+        return self._storage
+
+    def rollback(self) -> None:
+        """Discard the transaction's writes when it ends."""
+        self._check("rollback")
+        self._rolled_back = True
+
+    async def get(self, key: Any) -> Any:
+        return self._check("get")._get(key, "get")
+
+    async def put(self, key: Any, value: Any = None) -> None:
+        self._check("put")._put(key, value, "put")
+
+    async def delete(self, key: Any) -> bool | int:
+        return self._check("delete")._delete(key, "delete")
+
+    async def list(self, **options: Any) -> dict[str, Any]:
+        storage = self._check("list")
+        return dict(
+            storage._list(
+                options.get("start"),
+                options.get("start_after"),
+                options.get("end"),
+                options.get("prefix"),
+                options.get("reverse", False),
+                options.get("limit"),
+                "list",
+            )
+        )
+
+
+class SyncKV:
+    """``storage.kv``: the KV API without awaits (Cloudflare's ``ctx.storage.kv``)."""
+
+    __slots__ = ("_storage",)
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def get(self, key: str) -> Any:
+        return self._storage._get(key, "kv.get")
+
+    def put(self, key: str, value: Any) -> None:
+        self._storage._put(key, value, "kv.put")
+
+    def delete(self, key: str) -> bool:
+        return bool(self._storage._delete(key, "kv.delete"))
+
+    def list(
+        self,
+        *,
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        prefix: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        return self._storage._list(start, start_after, end, prefix, reverse, limit, "kv.list")
+
+
+SqlValue = int | float | str | bytes | None
+
+
+class SqlCursor:
+    """The result of ``sql.exec()``: iterate rows as dicts, or use ``one()`` / ``raw()``."""
+
+    __slots__ = ("column_names", "rows_read", "rows_written", "_rows", "_next")
+
+    def __init__(self, columns: list[str], rows: list[tuple[SqlValue, ...]], written: int) -> None:
+        self.column_names = columns
+        self._rows = rows
+        self._next = 0
+        self.rows_read = len(rows)
+        self.rows_written = written
+
+    def __iter__(self) -> Iterator[dict[str, SqlValue]]:
+        return self
+
+    def __next__(self) -> dict[str, SqlValue]:
+        if self._next >= len(self._rows):
+            raise StopIteration
+        row = self._rows[self._next]
+        self._next += 1
+        return dict(zip(self.column_names, row, strict=True))
+
+    def to_array(self) -> list[dict[str, SqlValue]]:
+        """Every remaining row, as dicts."""
+        return list(self)
+
+    def one(self) -> dict[str, SqlValue]:
+        """The only row; an error unless there is exactly one."""
+        rows = self.to_array()
+        if len(rows) != 1:
+            raise SqlError(f"one() expected exactly one row, got {len(rows)}")
+        return rows[0]
+
+    def raw(self) -> Iterator[tuple[SqlValue, ...]]:
+        """The remaining rows, as tuples in column order."""
+        rows, self._next = self._rows[self._next :], len(self._rows)
+        return iter(rows)
+
+    def __repr__(self) -> str:
+        return f"<SqlCursor columns={self.column_names} rows={len(self._rows)}>"
+
+
+class SqlStorage:
+    """``storage.sql``: SQLite for this object; KV data lives in the same database."""
+
+    __slots__ = ("_storage",)
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def exec(self, query: str, *bindings: SqlValue) -> SqlCursor:
+        """Run ``query`` (one or more statements; bindings apply to the last)."""
+        storage = self._storage
+        if not isinstance(query, str):
+            raise TypeError(f"sql.exec() takes a query str, got {type(query).__name__}")
+        if len(bindings) > MAX_BINDINGS:
+            raise SqlError(f"sql.exec(): {len(bindings)} bindings; the limit is {MAX_BINDINGS}")
+        for value in bindings:
+            if value is not None and not isinstance(value, int | float | str | bytes):
+                raise SqlError(
+                    f"sql.exec(): cannot bind a {type(value).__name__}; bindings must be None, "
+                    "int, float, str or bytes"
+                )
+        statements = _split(query)
+        if not statements:
+            raise SqlError("sql.exec(): the query holds no statement")
+        conn = storage._conn("sql.exec")
+        batches = storage._batches
+        batches.begin()
+        db = storage._db
+        assert db is not None
+        before = conn.total_changes
+        db.user_sql, db.refused, db.wrote = True, None, False
+        try:
+            cursor: sqlite3.Cursor | None = None
+            for i, statement in enumerate(statements):
+                last = i == len(statements) - 1
+                cursor = conn.execute(statement, bindings if last else ())
+            assert cursor is not None
+            rows = cursor.fetchall()
+            columns = [d[0] for d in cursor.description or ()]
+        except sqlite3.Error as exc:
+            reason = db.refused or str(exc)
+            if db.wrote or conn.total_changes != before:
+                batches.wrote()
+            if not conn.in_transaction:
+                # SQLite rolled the whole batch back (disk full, I/O error): writes already
+                # accepted are gone, so this instance's memory no longer matches its storage.
+                batches.fail(exc)
+            raise SqlError(reason) from exc
+        finally:
+            db.user_sql = False
+        written = conn.total_changes - before
+        if db.wrote or written:
+            batches.wrote()
+        return SqlCursor(columns, rows, written)
+
+    @property
+    def database_size(self) -> int:
+        """The database's size in bytes."""
+        conn = self._storage._conn("sql.database_size")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages) * int(size)
+
+
+def _split(query: str) -> list[str]:
+    """Split a query into complete statements (semicolons inside literals are kept)."""
+    statements: list[str] = []
+    current = ""
+    for piece in query.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current)
+            current = ""
+    if current.strip(" \t\r\n;"):
+        statements.append(current[:-1])  # a last statement without its semicolon
+    return statements
