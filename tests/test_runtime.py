@@ -331,7 +331,9 @@ async def test_abort_resets_the_object() -> None:
     runtime = Runtime(bindings={"A": Abortable})
     stub = runtime.env.A.get_by_name("x")
     assert [await stub.bump(), await stub.bump()] == [1, 2]
-    await stub.stop()
+    with pytest.raises(DurableObjectResetError, match="aborted: enough") as info:
+        await stub.stop()
+    assert info.value.remote is True  # type: ignore[attr-defined]
     assert await stub.bump() == 1
 
 

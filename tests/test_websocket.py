@@ -11,6 +11,7 @@ import pytest
 from opendo import (
     CloseEvent,
     DurableObject,
+    DurableObjectResetError,
     FakeClock,
     ReadyState,
     Request,
@@ -180,7 +181,8 @@ async def test_object_sends_wait_at_the_output_gate() -> None:
 async def test_a_reset_closes_standard_websockets_with_1011() -> None:
     runtime = Runtime(bindings={"ROOM": Room})
     client, got = await open_client(runtime)
-    await runtime.env.ROOM.get_by_name("r").crash()
+    with pytest.raises(DurableObjectResetError):
+        await runtime.env.ROOM.get_by_name("r").crash()
     closes = [e for e in got if isinstance(e, CloseEvent)]
     assert [(c.code, c.was_clean) for c in closes] == [(1011, False)]
     assert await runtime.env.ROOM.get_by_name("r").count() == 0  # a new instance

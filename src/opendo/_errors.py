@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DurableObjectError", "DurableObjectResetError", "as_remote"]
+__all__ = ["DurableObjectError", "DurableObjectResetError", "StorageError", "as_remote"]
 
 
 class DurableObjectError(Exception):
@@ -22,6 +22,10 @@ class DurableObjectResetError(DurableObjectError):
     while this call was in flight."""
 
     retryable = True
+
+
+class StorageError(Exception):
+    """A storage call was refused: bad arguments, a limit, or a storage that is gone."""
 
 
 def as_remote(exc: BaseException) -> BaseException:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._errors import DurableObjectResetError
 from ._http import Headers, Request, Response
 from ._ids import DurableObjectId, NamespaceKey
+from ._runtime import current_host
 
 if TYPE_CHECKING:
     from ._api import DurableObject
@@ -100,7 +102,7 @@ class DurableObjectStub:
                 )
             return response
 
-        return self._namespace._host(self.id).call(call)
+        return _send(self._namespace._host(self.id), call)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in RESERVED_METHODS:
@@ -130,4 +132,37 @@ class _RpcMethod:
                 )
             return getattr(instance, name)(*args, **kwargs)
 
-        return stub._namespace._host(stub.id).call(call)
+        return _send(stub._namespace._host(stub.id), call)
+
+
+def _send(target: ObjectHost, call: Callable[[DurableObject], Any]) -> asyncio.Future[Any]:
+    """Deliver a call; from inside an object, only once the caller's earlier writes are
+    durable (an outbound call is an output, and waits at the caller's output gate)."""
+    caller = current_host()
+    if caller is None or caller.output_gate.is_clear:
+        return target.call(call)
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def go(error: BaseException | None) -> None:
+        if error is not None:
+            if not future.done():
+                future.set_exception(DurableObjectResetError(f"a write failed: {error}"))
+            return
+        _chain(target.call(call), future)
+
+    caller.output_gate.when_clear(go)
+    return future
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    def copy(done: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif (exc := done.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)

@@ -41,10 +41,10 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._clock import Clock, TimerHandle
-from ._errors import DurableObjectResetError, as_remote
+from ._errors import DurableObjectResetError, StorageError, as_remote
 from ._gates import InputGate, InputLock, OutputGate
 from ._ids import DurableObjectId
 from ._websocket import Event, Listener, WebSocket
@@ -116,6 +116,7 @@ class ObjectHost:
         "_open_storage",
         "_storage",
         "constructions",
+        "generation",
     )
 
     def __init__(
@@ -149,6 +150,7 @@ class ObjectHost:
         self._open_storage = open_storage
         self._storage: StorageHandle | None = None
         self.constructions = 0
+        self.generation = 0  # bumped when the instance is dropped
 
     def _move(self, action: str) -> None:
         self.state = _TRANSITIONS[(self.state, action)]
@@ -237,15 +239,17 @@ class ObjectHost:
             _current_host.reset(token)
         if inspect.isawaitable(result):
             self._starting = True
-            task = asyncio.ensure_future(self._finish(result, future))
+            task = asyncio.ensure_future(self._finish(result, future, self.generation))
             self._events.add(task)
             task.add_done_callback(self._events.discard)
         else:
             self._running -= 1
-            self._respond(future, result)
+            self._respond(future, result, self.generation)
             self._maybe_idle()
 
-    async def _finish(self, awaitable: Awaitable[Any], future: asyncio.Future[Any] | None) -> None:
+    async def _finish(
+        self, awaitable: Awaitable[Any], future: asyncio.Future[Any] | None, generation: int
+    ) -> None:
         token = _current_host.set(self)
         # Runs right after this step — the user code's first step — so the next event starts
         # only once this one has run up to its first await (and taken any input lock).
@@ -259,7 +263,7 @@ class ObjectHost:
         except Exception as exc:
             self._fail(future, exc)
         else:
-            self._respond(future, result)
+            self._respond(future, result, generation)
         finally:
             _current_host.reset(token)
             self._running -= 1
@@ -270,8 +274,15 @@ class ObjectHost:
         if self._queue:
             self._pump()
 
-    def _respond(self, future: asyncio.Future[Any] | None, result: Any) -> None:
+    def _respond(self, future: asyncio.Future[Any] | None, result: Any, generation: int) -> None:
         if future is None:
+            return
+        if generation != self.generation:
+            # The instance this call ran on was reset: what it wrote may be gone.
+            if not future.done():
+                future.set_exception(
+                    DurableObjectResetError("the object was reset while this call ran")
+                )
             return
 
         def release(error: BaseException | None) -> None:
@@ -357,6 +368,7 @@ class ObjectHost:
         """Drop the instance and forget this host; the next event builds a new one."""
         self._cancel_idle()
         self._close_storage()
+        self.generation += 1
         self.instance = None
         self.ctx = None
         self._move("evict")
@@ -369,6 +381,7 @@ class ObjectHost:
             ws._shutdown(1011, "Durable Object reset")
         self._sockets.clear()
         self._close_storage()
+        self.generation += 1
         self.instance = None
         self.ctx = None
         self.input_gate = InputGate()
@@ -398,10 +411,19 @@ class DurableObjectState:
         self._host = host
         self.id = host.id
 
+    def _live_host(self, what: str) -> ObjectHost:
+        host = self._host
+        if host.ctx is not self:
+            raise StorageError(
+                f"ctx.{what} was used by an instance that was reset or evicted; "
+                "only the current instance of an object may use it"
+            )
+        return host
+
     @property
     def storage(self) -> Any:
         """Durable KV and SQL storage, private to this object (see ``opendo.Storage``)."""
-        return self._host.storage
+        return self._live_host("storage").storage
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         """Keep the object alive until ``awaitable`` is done (errors are logged)."""
@@ -430,9 +452,11 @@ class DurableObjectState:
         host.track(task)
         return task
 
-    def abort(self, reason: str = "aborted") -> None:
-        """Reset the object now; the constructor runs again on the next event."""
-        self._host.reset(f"abort({reason!r})")
+    def abort(self, reason: str = "aborted") -> NoReturn:
+        """Reset the object now and raise: writes not yet committed are dropped, and the
+        constructor runs again on the next event."""
+        self._live_host("abort()").reset(f"abort({reason!r})")
+        raise DurableObjectResetError(f"the object was aborted: {reason}")
 
 
 def _bind_listener(listener: Listener, event: Event) -> Call:

@@ -38,6 +38,7 @@ __all__ = [
 
 KV_TABLE = "_opendo_kv"
 META_TABLE = "_opendo_meta"
+RUNTIME_TABLES = frozenset({KV_TABLE, META_TABLE})
 RESERVED_PREFIX = "_opendo_"
 
 MAX_VALUE_BYTES = 2 * 1024 * 1024  # a string, blob or row; as Cloudflare's SQLite limit
@@ -63,6 +64,7 @@ _USER_PRAGMAS = frozenset(
         "foreign_key_check",
         "quick_check",
         "integrity_check",
+        "data_version",  # FTS5 reads it
     }
 )
 _READ_ACTIONS = frozenset(
@@ -101,7 +103,8 @@ class ObjectDatabase:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            # Room for a record's header: the limit checked in Python is what callers meet.
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES + 1024)
             conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH)
             conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
             conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_INTERNAL_VARIABLES)
@@ -126,7 +129,8 @@ class ObjectDatabase:
             self.refused = "ATTACH and DETACH are not allowed in sql.exec()"
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_PRAGMA:
-            if (arg1 or "").lower() in _USER_PRAGMAS and arg2 is None:
+            argument = (arg2 or "").strip("\"'`[] ").lower()
+            if (arg1 or "").lower() in _USER_PRAGMAS and not argument.startswith(RESERVED_PREFIX):
                 return sqlite3.SQLITE_OK
             self.refused = f"PRAGMA {arg1} is not allowed in sql.exec()"
             return sqlite3.SQLITE_DENY

@@ -29,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._codec import decode, encode
+from ._errors import StorageError
 from ._gates import OutputLock
-from ._sqlite import KV_TABLE, MAX_VALUE_BYTES, META_TABLE, ObjectDatabase
+from ._sqlite import KV_TABLE, MAX_VALUE_BYTES, META_TABLE, RUNTIME_TABLES, ObjectDatabase
 
 if TYPE_CHECKING:
     from ._runtime import ObjectHost
@@ -59,10 +61,6 @@ MAX_KEY_BYTES = 2048
 MAX_BINDINGS = 100
 
 T = TypeVar("T")
-
-
-class StorageError(Exception):
-    """A storage call was refused: bad arguments, a limit, or a storage that is gone."""
 
 
 class SqlError(StorageError):
@@ -193,9 +191,12 @@ class _Batches:
         conn = self.db.connection
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        if self.batch_lock is not None:
-            self.batch_lock.fail(StorageError("the object was reset before its write committed"))
-            self.batch_lock = None
+        reset = StorageError("the object was reset before its write was durable")
+        for lock in (self.batch_lock, *self.pending):
+            if lock is not None:
+                lock.fail(reset)
+        self.batch_lock = None
+        self.pending = []
         if not self.flushing:
             self.db.close()
 
@@ -203,11 +204,13 @@ class _Batches:
 class Storage:
     """``ctx.storage``: durable KV and SQL storage, private to this object."""
 
-    __slots__ = ("_db", "_batches", "_host", "sql", "kv")
+    __slots__ = ("_db", "_batches", "_host", "_txn_owner", "_txn_done", "sql", "kv")
 
     def __init__(self, host: ObjectHost, db: ObjectDatabase) -> None:
         self._host = host
         self._db: ObjectDatabase | None = db
+        self._txn_owner: asyncio.Task[Any] | None = None  # the task inside transaction()
+        self._txn_done = asyncio.Event()
         self._batches = _Batches(db, host)
         self.sql = SqlStorage(self)
         self.kv = SyncKV(self)
@@ -224,7 +227,18 @@ class Storage:
                 f"storage.{method}() was called on the storage of an object that was reset or "
                 "evicted; use the storage of the current instance (self.ctx.storage)"
             )
+        owner = self._txn_owner
+        if owner is not None and _current_task() is not owner:
+            raise StorageError(
+                f"storage.{method}() was called while another event's storage.transaction() "
+                "is open; use the async API (await storage.get/put/...), which waits for it"
+            )
         return db.connection
+
+    async def _turn(self) -> None:
+        """Wait while another event's ``transaction()`` is open (so it stays isolated)."""
+        while self._txn_owner is not None and _current_task() is not self._txn_owner:
+            await self._txn_done.wait()
 
     def _write(self, method: str) -> sqlite3.Connection:
         conn = self._conn(method)
@@ -245,6 +259,8 @@ class Storage:
     async def get(self, key: list[str] | tuple[str, ...]) -> dict[str, Any]: ...
     async def get(self, key: str | list[str] | tuple[str, ...]) -> Any:
         """The value of ``key`` (None if absent), or a dict of the found keys, in key order."""
+        if self._txn_owner is not None:
+            await self._turn()
         return self._get(key, "get")
 
     @overload
@@ -253,6 +269,8 @@ class Storage:
     async def put(self, key: Mapping[str, Any]) -> None: ...
     async def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
         """Store ``value`` under ``key``, or every item of a dict (at most 128)."""
+        if self._txn_owner is not None:
+            await self._turn()
         self._put(key, value, "put")
 
     @overload
@@ -261,6 +279,8 @@ class Storage:
     async def delete(self, key: list[str] | tuple[str, ...]) -> int: ...
     async def delete(self, key: str | list[str] | tuple[str, ...]) -> bool | int:
         """Delete ``key`` (True if it existed), or several keys (how many existed)."""
+        if self._txn_owner is not None:
+            await self._turn()
         return self._delete(key, "delete")
 
     async def list(
@@ -275,22 +295,33 @@ class Storage:
     ) -> dict[str, Any]:
         """Keys and values in key order (UTF-8 byte order): ``start`` inclusive, ``end``
         exclusive, ``start_after`` exclusive (not with ``start``)."""
+        if self._txn_owner is not None:
+            await self._turn()
         return dict(self._list(start, start_after, end, prefix, reverse, limit, "list"))
 
     async def delete_all(self) -> None:
         """Delete every key and every SQL table, atomically. The alarm stays."""
-        conn = self._write("delete_all")
+        if self._txn_owner is not None:
+            await self._turn()
+        self._delete_all("delete_all")
+
+    def _delete_all(self, method: str) -> None:
+        conn = self._write(method)
         conn.execute(f"DELETE FROM {KV_TABLE}")
         rows = conn.execute(
             "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
-            "AND substr(name, 1, 7) != 'sqlite_' AND substr(name, 1, 8) != '_opendo_'"
+            "AND substr(name, 1, 7) != 'sqlite_'"
         ).fetchall()
         for kind, name in rows:
+            if name in RUNTIME_TABLES:
+                continue
             quoted = '"' + name.replace('"', '""') + '"'
             conn.execute(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {quoted}")
 
     async def sync(self) -> None:
         """Wait until every write made so far is durable."""
+        if self._txn_owner is not None:
+            await self._turn()
         self._conn("sync")
         host = self._host
         if host.output_gate.is_clear and self._batches.batch_lock is None:
@@ -344,12 +375,16 @@ class Storage:
         It commits when ``fn`` returns and rolls back if it raises or calls
         ``txn.rollback()``.
         """
+        await self._turn()
         conn = self._write("transaction")
         batches = self._batches
         name = f"_opendo_t{batches.depth}"
         gate_lock = self._host.input_gate.lock()
         conn.execute(f"SAVEPOINT {name}")
         batches.depth += 1
+        outer_owner = self._txn_owner
+        self._txn_owner = _current_task()
+        self._txn_done.clear()
         txn = Transaction(self)
         try:
             result = await fn(txn)
@@ -367,6 +402,9 @@ class Storage:
         finally:
             txn._done = True
             batches.depth -= 1
+            self._txn_owner = outer_owner
+            if outer_owner is None:
+                self._txn_done.set()
             gate_lock.release()
             if batches.depth == 0 and self._db is not None:
                 batches.begin()
@@ -411,11 +449,24 @@ class Storage:
                 f"{type(key).__name__}"
             )
         conn = self._write(method)
-        conn.executemany(
+        sql = (
             f"INSERT INTO {KV_TABLE} (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            items,
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         )
+        try:
+            if len(items) == 1:
+                conn.execute(sql, items[0])
+            else:
+                conn.execute("SAVEPOINT _opendo_put")
+                try:
+                    conn.executemany(sql, items)
+                except BaseException:
+                    conn.execute("ROLLBACK TO _opendo_put")
+                    raise
+                finally:
+                    conn.execute("RELEASE _opendo_put")
+        except sqlite3.DataError as exc:
+            raise StorageError(f"storage.{method}(): {exc}") from exc
 
     def _delete(self, key: str | Iterable[str], method: str) -> bool | int:
         if isinstance(key, str):
@@ -481,6 +532,13 @@ class Storage:
             yield k.decode("utf-8", "surrogatepass"), decode(v)
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 def _successor(prefix: bytes) -> bytes | None:
     """The smallest byte string greater than every string that starts with ``prefix``."""
     stripped = prefix.rstrip(b"\xff")
@@ -519,6 +577,9 @@ class Transaction:
 
     async def delete(self, key: Any) -> bool | int:
         return self._check("delete")._delete(key, "delete")
+
+    async def delete_all(self) -> None:
+        self._check("delete_all")._delete_all("delete_all")
 
     async def list(self, **options: Any) -> dict[str, Any]:
         storage = self._check("list")
@@ -562,7 +623,9 @@ class SyncKV:
         reverse: bool = False,
         limit: int | None = None,
     ) -> Iterator[tuple[str, Any]]:
-        return self._storage._list(start, start_after, end, prefix, reverse, limit, "kv.list")
+        return iter(
+            list(self._storage._list(start, start_after, end, prefix, reverse, limit, "kv.list"))
+        )
 
 
 SqlValue = int | float | str | bytes | None
@@ -631,7 +694,19 @@ class SqlStorage:
                     f"sql.exec(): cannot bind a {type(value).__name__}; bindings must be None, "
                     "int, float, str or bytes"
                 )
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                raise SqlError(f"sql.exec(): {value} does not fit SQLite's 64-bit integers")
+            if isinstance(value, str):
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    raise SqlError(
+                        "sql.exec(): a str binding is not valid Unicode (it holds a lone surrogate)"
+                    ) from None
         statements = _split(query)
+        for statement in statements:
+            if _RENAME_RESERVED.search(statement):
+                raise SqlError("sql.exec(): names starting with _opendo_ are reserved")
         if not statements:
             raise SqlError("sql.exec(): the query holds no statement")
         conn = storage._conn("sql.exec")
@@ -674,16 +749,38 @@ class SqlStorage:
         return int(pages) * int(size)
 
 
+_RENAME_RESERVED = re.compile(r"\bRENAME\b.*\bTO\b\s*[\"'`\[]?_opendo_", re.I | re.S)
+
+
 def _split(query: str) -> list[str]:
-    """Split a query into complete statements (semicolons inside literals are kept)."""
+    """Split a query into its statements (semicolons in literals and comments are kept;
+    pieces holding only comments are dropped)."""
     statements: list[str] = []
     current = ""
     for piece in query.split(";"):
         current += piece + ";"
         if sqlite3.complete_statement(current):
-            if current.strip(" \t\r\n;"):
+            if _has_code(current):
                 statements.append(current)
             current = ""
-    if current.strip(" \t\r\n;"):
+    if _has_code(current):
         statements.append(current[:-1])  # a last statement without its semicolon
     return statements
+
+
+def _has_code(text: str) -> bool:
+    """True unless ``text`` is only whitespace, semicolons and comments."""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\r\n\f;":
+            i += 1
+        elif text.startswith("--", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            return True
+    return False

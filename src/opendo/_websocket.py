@@ -211,7 +211,14 @@ class WebSocket:
         if gate is None or gate.is_clear:
             peer._arrive(event)
         else:
-            gate.when_clear(lambda error: peer._arrive(event))
+
+            def release(error: BaseException | None) -> None:
+                # After a failed write the object is reset: its sockets close with 1011.
+                peer._arrive(
+                    event if error is None else CloseEvent(1011, "Durable Object reset", False)
+                )
+
+            gate.when_clear(release)
 
     def _shutdown(self, code: int, reason: str) -> None:
         """Close from the runtime's side, with a code user code may not use (1001, 1011)."""

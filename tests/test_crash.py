@@ -1,0 +1,230 @@
+"""Crash tests: the real ``opendo serve`` in a child process, killed with SIGKILL under load.
+
+DESIGN.md §4: "``kill -9`` at any moment loses no acknowledged write". A client may only see
+a counter value once the write that produced it is on disk, so after a kill and a restart the
+stored value is at least every value any client received, and no value is ever handed out
+twice. Everything is real: the console script, SQLite files under tmp_path, TCP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+from conftest import ROOT
+from websockets.sync.client import ClientConnection, connect
+
+OPENDO = str(Path(sys.executable).with_name("opendo"))
+COUNTER_DIR = ROOT / "examples" / "counter"
+CHAT_DIR = ROOT / "examples" / "chat"
+READY = re.compile(r"^Ready on http://127\.0\.0\.1:(\d+)$")
+
+CRASH_TRIALS = 30  # kill -> restart -> check -> load -> kill ...
+CRASH_SEED = 20261127
+CLIENTS = 16  # concurrent keep-alive HTTP clients during each trial
+COUNTERS = ("a", "b")
+START_DEADLINE = 20.0
+STOP_DEADLINE = 10.0
+RECV = 5.0
+
+
+class Server:
+    """One ``opendo serve PROJECT --port 0 --persist-to DIR`` child process."""
+
+    def __init__(self, project: Path, persist: Path, log: Path) -> None:
+        self.log = log
+        with log.open("a") as stderr:
+            self.proc = subprocess.Popen(
+                [OPENDO, "serve", str(project), "--port", "0", "--persist-to", str(persist)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,  # a file: a full pipe must never stall the server
+                text=True,
+                start_new_session=True,
+            )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        assert self.proc.stdout is not None
+        self._reader = threading.Thread(target=_pump, args=(self.proc.stdout, self.lines))
+        self._reader.start()
+
+    def wait_ready(self) -> int:
+        """Read stdout up to ``Ready on http://127.0.0.1:PORT``; return PORT."""
+        deadline = time.monotonic() + START_DEADLINE
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                raise AssertionError(f"not ready in time; log: {self.log.read_text()}") from None
+            if line is None:
+                self.proc.wait(STOP_DEADLINE)
+                raise AssertionError(
+                    f"exited ({self.proc.returncode}) before it was ready; "
+                    f"log: {self.log.read_text()}"
+                )
+            if match := READY.match(line.rstrip("\n")):
+                return int(match.group(1))
+
+    def stop(self, sig: int) -> int:
+        """Send ``sig``; return the exit code once the process is gone."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(STOP_DEADLINE)
+        self._reader.join(STOP_DEADLINE)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_DEADLINE)
+        self._reader.join(STOP_DEADLINE)
+
+
+def _pump(pipe: IO[str], into: queue.Queue[str | None]) -> None:
+    with pipe:
+        for line in pipe:
+            into.put(line)
+    into.put(None)
+
+
+@contextmanager
+def running(project: Path, persist: Path, log: Path) -> Iterator[Server]:
+    server = Server(project, persist, log)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class Load:
+    """CLIENTS threads, each with one keep-alive connection, GETting /counter/a and /b in
+    turn until the server goes away; every value received with a 200 is recorded."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.received: dict[str, list[int]] = {name: [] for name in COUNTERS}
+        self.errors: list[str] = []
+        self.first = threading.Event()  # a first value came back: load is flowing
+        self.all_stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._running = CLIENTS
+        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(CLIENTS)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(STOP_DEADLINE)
+            assert not thread.is_alive(), "a load client did not stop after the kill"
+
+    def _client(self, index: int) -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        try:
+            with httpx.Client(base_url=self.base, timeout=RECV, limits=limits) as http:
+                for n in range(index, 10**9):
+                    name = COUNTERS[n % len(COUNTERS)]
+                    try:
+                        response = http.get(f"/counter/{name}")
+                    except httpx.TransportError:
+                        return  # the server was killed
+                    if response.status_code != 200:
+                        with self._lock:
+                            self.errors.append(f"{response.status_code} {response.text!r}")
+                        return
+                    with self._lock:
+                        self.received[name].append(int(response.text))
+                    self.first.set()
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self.all_stopped.set()
+
+
+def next_value(port: int, name: str) -> int:
+    response = httpx.get(f"http://127.0.0.1:{port}/counter/{name}", timeout=RECV)
+    assert response.status_code == 200, response.text
+    return int(response.text)
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_under_load_loses_no_acknowledged_increment(tmp_path: Path) -> None:
+    rng = random.Random(CRASH_SEED)
+    persist = tmp_path / "state"
+    log = tmp_path / "server.log"
+    handed_out: dict[str, list[int]] = {name: [] for name in COUNTERS}
+    server = Server(COUNTER_DIR, persist, log)
+    try:
+        port = server.wait_ready()
+        for trial in range(CRASH_TRIALS):
+            load = Load(port)
+            load.start()
+            assert load.first.wait(RECV), f"trial {trial}: no response under load"
+            delay = rng.uniform(0.05, 0.4)
+            # The kill moment: waits `delay`, or less if every client stopped (a failure).
+            assert not load.all_stopped.wait(delay), f"trial {trial}: load stopped: {load.errors}"
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+            load.join()
+            assert load.errors == [], f"trial {trial}: {load.errors}"
+
+            server = Server(COUNTER_DIR, persist, log)  # the next trial's server too
+            port = server.wait_ready()
+            for name in COUNTERS:
+                got = load.received[name]
+                assert len(set(got)) == len(got), f"trial {trial}: /counter/{name} repeated a value"
+                value = next_value(port, name)
+                stored = value - 1
+                assert stored >= max(got, default=0), (
+                    f"trial {trial} (kill after {delay:.3f} s): /counter/{name} restarted at "
+                    f"{stored}, but a client had received {max(got)} before the kill"
+                )
+                handed_out[name] += [*got, value]
+    finally:
+        server.close()
+
+    for name, values in handed_out.items():
+        assert len(set(values)) == len(values), f"/counter/{name} handed out a value twice"
+        assert len(values) > 2 * CRASH_TRIALS, f"/counter/{name} saw almost no load"
+
+
+# -- the chat's counter survives a restart ---------------------------------------------------
+
+
+def join_room(stack: ExitStack, port: int, room: str) -> int:
+    """Open a WebSocket to /<room> (closed with ``stack``); return the id it was given."""
+    url = f"ws://127.0.0.1:{port}/{room}"
+    ws: ClientConnection = stack.enter_context(connect(url, open_timeout=RECV, close_timeout=1))
+    greeting = json.loads(ws.recv(timeout=RECV))
+    assert set(greeting) == {"id"}, greeting
+    return int(greeting["id"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_chat_ids_keep_counting_across_a_restart(tmp_path: Path, sig: signal.Signals) -> None:
+    persist = tmp_path / "state"
+    log = tmp_path / "server.log"
+    with running(CHAT_DIR, persist, log) as server, ExitStack() as clients:
+        port = server.wait_ready()
+        assert [join_room(clients, port, "room") for _ in range(3)] == [1, 2, 3]
+        code = server.stop(sig)  # with the three clients still connected
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()
+
+    with running(CHAT_DIR, persist, log) as server, ExitStack() as clients:
+        port = server.wait_ready()
+        assert join_room(clients, port, "room") == 4
+        clients.close()
+        assert server.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in log.read_text()
