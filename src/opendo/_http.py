@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Headers", "Request", "Response"]
 
+_PHRASES = {s.value: s.phrase for s in HTTPStatus}
+
 BodyReader = Callable[[], Awaitable[bytes]]
 
 
@@ -113,7 +115,7 @@ def _encode_body(body: str | bytes | bytearray | memoryview | None) -> bytes | N
 class Request:
     """An HTTP request, as a Worker or a Durable Object's ``fetch`` sees it."""
 
-    __slots__ = ("url", "method", "headers", "_body")
+    __slots__ = ("url", "method", "headers", "_body", "_parts")
 
     def __init__(
         self,
@@ -130,6 +132,7 @@ class Request:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"a request needs an absolute http(s) url, got {url!r}")
         self.url = url
+        self._parts = parts
         self.method = method.upper()
         self.headers = Headers(headers)
         self._body = _Body(_encode_body(body), body_reader)
@@ -137,11 +140,11 @@ class Request:
     @property
     def path(self) -> str:
         """The url's path, e.g. ``/room``."""
-        return urlsplit(self.url).path or "/"
+        return self._parts.path or "/"
 
     @property
     def query(self) -> str:
-        return urlsplit(self.url).query
+        return self._parts.query
 
     async def bytes(self) -> bytes:
         return await self._body.read()
@@ -177,11 +180,7 @@ class Response:
         if status == 101 and web_socket is None:
             raise ValueError("status 101 needs web_socket= (the client end of a WebSocketPair)")
         self.status = status
-        try:
-            default_text = HTTPStatus(status).phrase
-        except ValueError:
-            default_text = ""
-        self.status_text = status_text if status_text is not None else default_text
+        self.status_text = status_text if status_text is not None else _PHRASES.get(status, "")
         self.headers = Headers(headers)
         self.body = _encode_body(body) or b""
         self.web_socket = web_socket

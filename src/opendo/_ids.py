@@ -19,27 +19,36 @@ import secrets
 __all__ = ["DurableObjectId", "NamespaceKey"]
 
 _BODY = 16
+_NAMED_CACHE = 4096
 _UNIQUE_FLAG = 0x80  # top bit of the body's first byte: set for unique ids, clear for named ones
 
 
 class NamespaceKey:
     """The secret that makes one namespace's ids its own."""
 
-    __slots__ = ("_key", "label")
+    __slots__ = ("_key", "label", "_named")
 
     def __init__(self, label: str) -> None:
         self.label = label
         self._key = hashlib.sha256(b"opendo-namespace\x00" + label.encode()).digest()
+        self._named: dict[str, DurableObjectId] = {}  # recently made from a name
 
     def _tag(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_BODY]
 
     def from_name(self, name: str) -> DurableObjectId:
+        known = self._named.get(name)
+        if known is not None:
+            return known
         if not isinstance(name, str):
             raise TypeError(f"id_from_name() expects a str, got {type(name).__name__}")
         digest = hmac.new(self._key, b"name:" + name.encode(), hashlib.sha256).digest()
         body = bytes([digest[0] & ~_UNIQUE_FLAG & 0xFF]) + digest[1:_BODY]
-        return DurableObjectId(body + self._tag(body), name=name, namespace=self)
+        id = DurableObjectId(body + self._tag(body), name=name, namespace=self)
+        if len(self._named) >= _NAMED_CACHE:
+            self._named.clear()
+        self._named[name] = id
+        return id
 
     def new_unique(self) -> DurableObjectId:
         raw = secrets.token_bytes(_BODY)

@@ -148,6 +148,8 @@ def serve(
         ws_per_message_deflate=False,
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
+        server_header=False,
         log_level="warning",
         reload=reload,
         reload_dirs=[str(config.root)] if reload else None,

@@ -14,8 +14,12 @@ batch. After ``COMMIT`` the lock goes to the flusher, which runs ``ObjectDatabas
 (an fsync) in a worker thread and releases every lock that flush covers. Responses and
 WebSocket messages sent after the write wait for that release; a failed commit or flush
 fails the locks (held messages are dropped, callers get errors) and resets the object.
-While a flush is in flight the object keeps running and new commits queue for the next
-flush, so under load many commits share one fsync.
+
+*Group commit.* While a flush is in flight the object keeps running, and the batches that
+complete meanwhile stay in the open SQLite transaction; when the flush returns they are
+committed together and flushed together. Under load, one ``COMMIT`` and one ``fsync`` serve
+many requests. (One transaction holding several batches is still atomic per batch, and
+nothing of any of them is released before all are durable.)
 
 *Input gate.* Storage calls never wait for I/O on the event loop, so the input gate does not
 need to be locked for them; it is locked for the whole of an async ``transaction(fn)``, whose
@@ -59,6 +63,7 @@ log = logging.getLogger("opendo")
 MAX_KEYS = 128  # keys in one multi-key call
 MAX_KEY_BYTES = 2048
 MAX_BINDINGS = 100
+_CACHE_ENTRIES = 4096
 
 T = TypeVar("T")
 
@@ -134,9 +139,18 @@ class _Batches:
             self.batch_lock = self.host.output_gate.lock()
 
     def commit(self) -> None:
+        """The end of a turn: the batch is complete. Commit it now, or — while a flush is
+        running — with everything else that completes before that flush returns."""
         self.commit_scheduled = False
-        if self.depth or self.closed:
-            return  # an open transaction() commits when it ends
+        if self.closed:
+            return
+        lock, self.batch_lock = self.batch_lock, None
+        if lock is not None:
+            self.pending.append(lock)
+        if not self.depth and not self.flushing:
+            self._commit_and_flush()
+
+    def _commit_and_flush(self) -> None:
         conn = self.db.connection
         if conn.in_transaction:
             try:
@@ -144,13 +158,7 @@ class _Batches:
             except sqlite3.Error as exc:
                 self.fail(exc)
                 return
-        lock, self.batch_lock = self.batch_lock, None
-        if lock is not None:
-            self.pending.append(lock)
-            self.flush()
-
-    def flush(self) -> None:
-        if self.flushing or not self.pending:
+        if not self.pending:
             return
         self.flushing = True
         locks, self.pending = self.pending, []
@@ -169,8 +177,8 @@ class _Batches:
             return
         for lock in locks:
             lock.release()
-        if not self.closed:
-            self.flush()
+        if not self.closed and not self.depth and not self.commit_scheduled:
+            self._commit_and_flush()  # the batches that completed meanwhile, in one commit
 
     def fail(self, error: BaseException) -> None:
         """A write did not make it: drop what waits on it and reset the object."""
@@ -204,13 +212,16 @@ class _Batches:
 class Storage:
     """``ctx.storage``: durable KV and SQL storage, private to this object."""
 
-    __slots__ = ("_db", "_batches", "_host", "_txn_owner", "_txn_done", "sql", "kv")
+    __slots__ = ("_db", "_batches", "_host", "_txn_owner", "_txn_done", "_cache", "sql", "kv")
 
     def __init__(self, host: ObjectHost, db: ObjectDatabase) -> None:
         self._host = host
         self._db: ObjectDatabase | None = db
         self._txn_owner: asyncio.Task[Any] | None = None  # the task inside transaction()
         self._txn_done = asyncio.Event()
+        # Encoded values of recently used keys (None: known absent). Cleared whenever a
+        # rollback might make it disagree with the database.
+        self._cache: dict[bytes, bytes | None] = {}
         self._batches = _Batches(db, host)
         self.sql = SqlStorage(self)
         self.kv = SyncKV(self)
@@ -307,6 +318,7 @@ class Storage:
 
     def _delete_all(self, method: str) -> None:
         conn = self._write(method)
+        self._cache.clear()
         conn.execute(f"DELETE FROM {KV_TABLE}")
         rows = conn.execute(
             "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
@@ -358,6 +370,7 @@ class Storage:
                     "for an async one"
                 )
         except BaseException:
+            self._cache.clear()
             conn.execute(f"ROLLBACK TO {name}")
             conn.execute(f"RELEASE {name}")
             raise
@@ -390,12 +403,14 @@ class Storage:
             result = await fn(txn)
         except BaseException:
             if self._db is not None:
+                self._cache.clear()
                 conn.execute(f"ROLLBACK TO {name}")
                 conn.execute(f"RELEASE {name}")
             raise
         else:
             if self._db is not None:
                 if txn._rolled_back:
+                    self._cache.clear()
                     conn.execute(f"ROLLBACK TO {name}")
                 conn.execute(f"RELEASE {name}")
             return result
@@ -415,8 +430,14 @@ class Storage:
         conn = self._conn(method)
         if isinstance(key, str):
             raw = _check_key(key, method)
-            row = conn.execute(f"SELECT value FROM {KV_TABLE} WHERE key = ?", (raw,)).fetchone()
-            return None if row is None else decode(row[0])
+            cache = self._cache
+            if raw in cache:
+                data = cache[raw]
+            else:
+                row = conn.execute(f"SELECT value FROM {KV_TABLE} WHERE key = ?", (raw,)).fetchone()
+                data = None if row is None else row[0]
+                self._remember(raw, data)
+            return None if data is None else decode(data)
         if not isinstance(key, list | tuple):
             raise TypeError(
                 f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
@@ -466,13 +487,24 @@ class Storage:
                 finally:
                     conn.execute("RELEASE _opendo_put")
         except sqlite3.DataError as exc:
+            self._cache.clear()
             raise StorageError(f"storage.{method}(): {exc}") from exc
+        for raw, data in items:
+            self._remember(raw, data)
+
+    def _remember(self, raw: bytes, data: bytes | None) -> None:
+        cache = self._cache
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.clear()
+        cache[raw] = data
 
     def _delete(self, key: str | Iterable[str], method: str) -> bool | int:
         if isinstance(key, str):
             raw = _check_key(key, method)
             conn = self._write(method)
-            return conn.execute(f"DELETE FROM {KV_TABLE} WHERE key = ?", (raw,)).rowcount > 0
+            existed = conn.execute(f"DELETE FROM {KV_TABLE} WHERE key = ?", (raw,)).rowcount > 0
+            self._remember(raw, None)
+            return existed
         if not isinstance(key, list | tuple):
             raise TypeError(
                 f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
@@ -482,7 +514,10 @@ class Storage:
         if not keys:
             return 0
         marks = ",".join("?" * len(keys))
-        return conn.execute(f"DELETE FROM {KV_TABLE} WHERE key IN ({marks})", keys).rowcount
+        count = conn.execute(f"DELETE FROM {KV_TABLE} WHERE key IN ({marks})", keys).rowcount
+        for raw in keys:
+            self._remember(raw, None)
+        return int(count)
 
     def _list(
         self,
