@@ -9,24 +9,23 @@ one row per run and a median row per server: requests/s, latency p50/p99, server
 generator is one Python thread, so near 1.0 means the client limits req/s), and the ratio
 opendo/workerd of the median server CPU per request (< 1: opendo needs less CPU for the same
 storage round trip). Server CPU comes from /proc utime+stime in clock ticks (usually 10 ms).
-Stdlib only.
+Stdlib only; reading the file, medians and CPU per request come from summarize_compare.py
+(a line that is not JSON is skipped with a warning).
 """
 
 from __future__ import annotations
 
-import json
-import statistics
 import sys
 from typing import Any
+
+from summarize_compare import median, per_unit, read_jsonl
 
 SERVERS = ("opendo", "workerd")
 
 
 def cpu_per_1k(d: dict[str, Any]) -> float | None:
-    cpu, done = d.get("server_cpu_s"), d.get("completed")
-    if not isinstance(cpu, int | float) or not isinstance(done, int) or done <= 0:
-        return None
-    return cpu / done * 1000
+    """Server CPU-seconds per 1,000 requests."""
+    return per_unit(d.get("server_cpu_s"), d.get("completed"), scale=1000)
 
 
 def bad(d: dict[str, Any]) -> str:
@@ -45,11 +44,6 @@ def fmt(x: Any, digits: int) -> str:
     return f"{x:,.{digits}f}"
 
 
-def median(values: list[Any]) -> float | None:
-    numbers = [v for v in values if isinstance(v, int | float)]
-    return statistics.median(numbers) if numbers else None
-
-
 WIDTHS = (8, 6, 9, 8, 8, 7, 12, 8, 8)
 
 
@@ -61,11 +55,8 @@ def row(cells: list[str]) -> str:
 
 def main(path: str) -> int:
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SERVERS}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                runs.setdefault(d.get("server", "?"), []).append(d)
+    for d in read_jsonl([path]):
+        runs.setdefault(d.get("server", "?"), []).append(d)
 
     header = ["server", "run", "req/s", "p50 ms", "p99 ms", "CPU s", "CPU s/1k req"]
     print(row([*header, "srv util", "gen util"]) + "  notes")

@@ -18,7 +18,7 @@ requests per server CPU-second.
 
 Server CPU comes from /proc utime+stime in clock ticks (usually 10 ms), so a
 run that costs the server only a few ticks has a coarse per-delivery figure.
-Stdlib only.
+Stdlib only; bench/counter_summary.py reuses read_jsonl, median and per_unit.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 
 SERVERS = ("workerd", "opendo")
 
 
-def load(paths: list[str]) -> dict[tuple[str, str, str], list[dict]]:
-    """Group result lines by (tool, label, server), keeping first-seen order."""
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+def read_jsonl(paths: list[str]) -> Iterator[dict]:
+    """Every JSON object of the files, in order; a line that is not JSON is skipped (warning)."""
     for path in paths:
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
@@ -45,16 +45,23 @@ def load(paths: list[str]) -> dict[tuple[str, str, str], list[dict]]:
                 except ValueError:
                     print(f"warning: {path}:{n}: not JSON, skipped", file=sys.stderr)
                     continue
-                key = (d.get("tool", "?"), d.get("label", "?"), d.get("server", "?"))
-                groups[key].append(d)
+                yield d
+
+
+def load(paths: list[str]) -> dict[tuple[str, str, str], list[dict]]:
+    """Group result lines by (tool, label, server), keeping first-seen order."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for d in read_jsonl(paths):
+        key = (d.get("tool", "?"), d.get("label", "?"), d.get("server", "?"))
+        groups[key].append(d)
     return groups
 
 
-def per_unit(cpu_s: object, count: object) -> float | None:
-    """Server CPU microseconds per unit of work, None if not measurable."""
+def per_unit(cpu_s: object, count: object, scale: float = 1e6) -> float | None:
+    """Server CPU per unit of work (microseconds by default), None if not measurable."""
     if not isinstance(cpu_s, (int, float)) or not isinstance(count, (int, float)) or count <= 0:
         return None
-    return cpu_s / count * 1e6
+    return cpu_s / count * scale
 
 
 def per_cpu_second(count: object, cpu_s: object) -> float | None:
@@ -64,7 +71,8 @@ def per_cpu_second(count: object, cpu_s: object) -> float | None:
     return count / cpu_s
 
 
-def median(values: list[float | None]) -> float | None:
+def median(values: list[object]) -> float | None:
+    """Median of the numbers among ``values`` (None and missing fields are ignored)."""
     vals = [v for v in values if isinstance(v, (int, float))]
     return statistics.median(vals) if vals else None
 

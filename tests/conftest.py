@@ -1,13 +1,22 @@
-"""Shared test helpers: a real uvicorn server on 127.0.0.1, in the test's own event loop."""
+"""Shared test helpers: a real uvicorn server on 127.0.0.1, in the test's own event loop, and
+the real ``opendo`` console script as a child process (``run_opendo``)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
+import re
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import uvicorn
@@ -16,6 +25,11 @@ from opendo import App
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ROOT / "examples" / "chat"
+
+OPENDO = str(Path(sys.executable).with_name("opendo"))
+READY = re.compile(r"^Ready on http://127\.0\.0\.1:(\d+)$")
+START_DEADLINE = 20.0
+STOP_DEADLINE = 10.0
 
 
 class _Server(uvicorn.Server):
@@ -75,3 +89,158 @@ async def wait_for(predicate: Callable[[], Any], within: float = 5.0) -> None:
 @pytest.fixture
 def chat_dir() -> Path:
     return CHAT
+
+
+# -- the opendo console script as a child process ------------------------------------------------
+
+
+class OpendoProcess:
+    """One ``opendo ARGS...`` child process, in its own process group.
+
+    Its stdout lines are read by a thread as they come (``next_line``, ``wait_ready``); so is
+    its stderr, unless ``stderr_log`` is given: then stderr is appended to that file (which a
+    test can keep across restarts) and never fills a pipe. ``close`` always ends the whole
+    process group; use it through ``run_opendo`` or a ``try``/``finally``.
+    """
+
+    def __init__(self, *args: str | Path, stderr_log: Path | None = None) -> None:
+        self.args = [OPENDO, *map(str, args)]
+        self.stderr_log = stderr_log
+        self.port: int | None = None  # from the last ``Ready on`` line read
+        self.stdout: queue.Queue[str | None] = queue.Queue()
+        self.stderr: queue.Queue[str | None] = queue.Queue()
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []  # stays empty with ``stderr_log``
+        log = stderr_log.open("a") if stderr_log is not None else None
+        try:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE if log is None else log,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                start_new_session=True,  # a reloader's child can be found (and killed) by group
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child has its own copy
+        assert self.proc.stdout is not None
+        self._threads = [
+            threading.Thread(target=_pump, args=(self.proc.stdout, self.stdout), daemon=True)
+        ]
+        if log is None:
+            assert self.proc.stderr is not None
+            self._threads.append(
+                threading.Thread(target=_pump, args=(self.proc.stderr, self.stderr), daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+
+    def stderr_text(self) -> str:
+        """Stderr so far: the lines read, or the whole ``stderr_log``."""
+        if self.stderr_log is not None:
+            return self.stderr_log.read_text()
+        return "".join(self.stderr_lines)
+
+    def next_line(self, which: str, deadline: float) -> str | None:
+        """The next line of stdout or stderr (None at its end); fails at the deadline."""
+        assert which == "stdout" or self.stderr_log is None, "stderr goes to the log file"
+        source = self.stdout if which == "stdout" else self.stderr
+        kept = self.stdout_lines if which == "stdout" else self.stderr_lines
+        remaining = deadline - time.monotonic()
+        try:
+            line = source.get(timeout=max(remaining, 0.001))
+        except queue.Empty:
+            raise AssertionError(
+                f"no {which} line within the deadline; {which} so far: {kept!r}; "
+                f"stderr so far: {self.stderr_text()!r}"
+            ) from None
+        if line is not None:
+            kept.append(line)
+        return line
+
+    def wait_ready(self, timeout: float = START_DEADLINE) -> int:
+        """Read stdout until ``Ready on http://127.0.0.1:PORT``; return PORT (also ``.port``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line("stdout", deadline)
+            if line is None:
+                self.proc.wait(STOP_DEADLINE)
+                if self.stderr_log is None:
+                    self.drain_stderr()
+                raise AssertionError(
+                    f"opendo exited ({self.proc.returncode}) before it was ready; "
+                    f"stderr: {self.stderr_text()}"
+                )
+            if match := READY.match(line.rstrip("\n")):
+                self.port = int(match.group(1))
+                return self.port
+
+    def ready_within(self, timeout: float) -> int | None:
+        """PORT of a ``Ready on`` line if one comes within ``timeout`` seconds, else None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.stdout.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                return None
+            if line is None:
+                raise AssertionError(f"opendo exited; stderr: {self.stderr_text()}")
+            self.stdout_lines.append(line)
+            if match := READY.match(line.rstrip("\n")):
+                self.port = int(match.group(1))
+                return self.port
+
+    def drain_stderr(self, timeout: float = STOP_DEADLINE) -> str:
+        """All of stderr, once the process has closed it."""
+        if self.stderr_log is not None:
+            return self.stderr_text()
+        deadline = time.monotonic() + timeout
+        while self.next_line("stderr", deadline) is not None:
+            pass
+        self.stderr.put(None)  # drained: later calls end at once
+        return "".join(self.stderr_lines)
+
+    def stop(self, sig: int) -> int:
+        """Send ``sig`` and return the exit code (fails if it takes longer than 10 s)."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(STOP_DEADLINE)
+        for thread in self._threads:
+            thread.join(STOP_DEADLINE)
+        return code
+
+    def close(self) -> None:
+        """End the process and its whole group: SIGTERM, then SIGKILL to the group."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this process leads
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(STOP_DEADLINE)
+        for thread in self._threads:
+            thread.join(STOP_DEADLINE)
+
+
+def _pump(pipe: IO[str], into: queue.Queue[str | None]) -> None:
+    with pipe:
+        for line in pipe:
+            into.put(line)
+    into.put(None)
+
+
+@contextmanager
+def run_opendo(*args: str | Path, stderr_log: Path | None = None) -> Iterator[OpendoProcess]:
+    """``opendo ARGS...`` for the ``with`` block; always ended (with its group) on the way out."""
+    process = OpendoProcess(*args, stderr_log=stderr_log)
+    try:
+        yield process
+    finally:
+        process.close()

@@ -604,7 +604,7 @@ BAD = [
     pytest.param(
         MINIMAL + "[runtime]\nidle = 5\n",
         "runtime.idle",
-        "unknown key; expected one of idle_timeout",
+        "unknown key; expected one of hibernation_timeout, idle_timeout",
         id="unknown-key-in-runtime",
     ),
     pytest.param(

@@ -9,102 +9,33 @@ twice. Everything is real: the console script, SQLite files under tmp_path, TCP 
 from __future__ import annotations
 
 import json
-import queue
 import random
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, STOP_DEADLINE, OpendoProcess, run_opendo
 from websockets.sync.client import ClientConnection, connect
 
-OPENDO = str(Path(sys.executable).with_name("opendo"))
 COUNTER_DIR = ROOT / "examples" / "counter"
 CHAT_DIR = ROOT / "examples" / "chat"
-READY = re.compile(r"^Ready on http://127\.0\.0\.1:(\d+)$")
 
 CRASH_TRIALS = 30  # kill -> restart -> check -> load -> kill ...
 CRASH_SEED = 20261127
 CLIENTS = 16  # concurrent keep-alive HTTP clients during each trial
 COUNTERS = ("a", "b")
-START_DEADLINE = 20.0
-STOP_DEADLINE = 10.0
 RECV = 5.0
 
 
-class Server:
-    """One ``opendo serve PROJECT --port 0 --persist-to DIR`` child process."""
+def serve(project: Path, persist: Path, log: Path) -> OpendoProcess:
+    """``opendo serve PROJECT --port 0 --persist-to DIR``; the caller closes it.
 
-    def __init__(self, project: Path, persist: Path, log: Path) -> None:
-        self.log = log
-        with log.open("a") as stderr:
-            self.proc = subprocess.Popen(
-                [OPENDO, "serve", str(project), "--port", "0", "--persist-to", str(persist)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,  # a file: a full pipe must never stall the server
-                text=True,
-                start_new_session=True,
-            )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        assert self.proc.stdout is not None
-        self._reader = threading.Thread(target=_pump, args=(self.proc.stdout, self.lines))
-        self._reader.start()
-
-    def wait_ready(self) -> int:
-        """Read stdout up to ``Ready on http://127.0.0.1:PORT``; return PORT."""
-        deadline = time.monotonic() + START_DEADLINE
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
-            except queue.Empty:
-                raise AssertionError(f"not ready in time; log: {self.log.read_text()}") from None
-            if line is None:
-                self.proc.wait(STOP_DEADLINE)
-                raise AssertionError(
-                    f"exited ({self.proc.returncode}) before it was ready; "
-                    f"log: {self.log.read_text()}"
-                )
-            if match := READY.match(line.rstrip("\n")):
-                return int(match.group(1))
-
-    def stop(self, sig: int) -> int:
-        """Send ``sig``; return the exit code once the process is gone."""
-        self.proc.send_signal(sig)
-        code = self.proc.wait(STOP_DEADLINE)
-        self._reader.join(STOP_DEADLINE)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(STOP_DEADLINE)
-        self._reader.join(STOP_DEADLINE)
-
-
-def _pump(pipe: IO[str], into: queue.Queue[str | None]) -> None:
-    with pipe:
-        for line in pipe:
-            into.put(line)
-    into.put(None)
-
-
-@contextmanager
-def running(project: Path, persist: Path, log: Path) -> Iterator[Server]:
-    server = Server(project, persist, log)
-    try:
-        yield server
-    finally:
-        server.close()
+    Stderr is appended to ``log``, a file: a full pipe must never stall the server.
+    """
+    return OpendoProcess("serve", project, "--port", "0", "--persist-to", persist, stderr_log=log)
 
 
 class Load:
@@ -166,7 +97,7 @@ def test_sigkill_under_load_loses_no_acknowledged_increment(tmp_path: Path) -> N
     persist = tmp_path / "state"
     log = tmp_path / "server.log"
     handed_out: dict[str, list[int]] = {name: [] for name in COUNTERS}
-    server = Server(COUNTER_DIR, persist, log)
+    server = serve(COUNTER_DIR, persist, log)
     try:
         port = server.wait_ready()
         for trial in range(CRASH_TRIALS):
@@ -180,7 +111,7 @@ def test_sigkill_under_load_loses_no_acknowledged_increment(tmp_path: Path) -> N
             load.join()
             assert load.errors == [], f"trial {trial}: {load.errors}"
 
-            server = Server(COUNTER_DIR, persist, log)  # the next trial's server too
+            server = serve(COUNTER_DIR, persist, log)  # the next trial's server too
             port = server.wait_ready()
             for name in COUNTERS:
                 got = load.received[name]
@@ -216,13 +147,23 @@ def join_room(stack: ExitStack, port: int, room: str) -> int:
 def test_chat_ids_keep_counting_across_a_restart(tmp_path: Path, sig: signal.Signals) -> None:
     persist = tmp_path / "state"
     log = tmp_path / "server.log"
-    with running(CHAT_DIR, persist, log) as server, ExitStack() as clients:
+    with (
+        run_opendo(
+            "serve", CHAT_DIR, "--port", "0", "--persist-to", persist, stderr_log=log
+        ) as server,
+        ExitStack() as clients,
+    ):
         port = server.wait_ready()
         assert [join_room(clients, port, "room") for _ in range(3)] == [1, 2, 3]
         code = server.stop(sig)  # with the three clients still connected
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()
 
-    with running(CHAT_DIR, persist, log) as server, ExitStack() as clients:
+    with (
+        run_opendo(
+            "serve", CHAT_DIR, "--port", "0", "--persist-to", persist, stderr_log=log
+        ) as server,
+        ExitStack() as clients,
+    ):
         port = server.wait_ready()
         assert join_room(clients, port, "room") == 4
         clients.close()

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 from textwrap import dedent
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ WORKER = """
 from opendo import DurableObject, Response, WebSocketPair, WorkerEntrypoint
 
 builds = []
+events = []
 
 
 class Counter(DurableObject):
@@ -39,6 +41,10 @@ class Counter(DurableObject):
             client, server = WebSocketPair()
             server.accept()
             server.add_event_listener("message", lambda e: server.send("echo:" + e.data))
+            server.add_event_listener("error", lambda e: events.append(("error", None, None)))
+            server.add_event_listener(
+                "close", lambda e: events.append(("close", e.code, e.was_clean))
+            )
             return Response(status=101, web_socket=client)
         body = await request.text()
         return Response.json({"method": request.method, "body": body, "value": self.value})
@@ -170,6 +176,20 @@ async def test_json_helper_and_headers(project: Path) -> None:
 
 
 def _builds(app: App) -> list[str]:
-    namespace = app.runtime.env.COUNTER
-    module = __import__(namespace.object_class.__module__)
-    return module.builds  # type: ignore[no-any-return]
+    return _module(app).builds  # type: ignore[no-any-return]
+
+
+async def test_a_lost_connection_is_an_error_then_an_unclean_1006_close(project: Path) -> None:
+    app = create_app(project)
+    events = _module(app).events
+    async with serve(app) as base:
+        ws = await connect(f"ws://{base}/ws/lost", compression=None)
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), 5) == "echo:hi"
+        ws.transport.abort()
+        await wait_for(lambda: any(kind == "close" for kind, _, _ in events))
+    assert events == [("error", None, None), ("close", 1006, False)]
+
+
+def _module(app: App) -> Any:
+    return __import__(app.runtime.env.COUNTER.object_class.__module__)

@@ -39,6 +39,7 @@ from opendo import (
 )
 from opendo._codec import decode
 from opendo._namespace import DurableObjectStub
+from opendo._sqlite import RUNTIME_TABLES
 
 MIB = 1024 * 1024
 
@@ -127,11 +128,7 @@ def sql_names(obj: Any, kind: str = "table", *, everything: bool = False) -> lis
     rows = obj.ctx.storage.sql.exec(
         "SELECT name, tbl_name FROM sqlite_master WHERE type = ? ORDER BY name", kind
     )
-    return [
-        row["name"]
-        for row in rows
-        if everything or row["tbl_name"] not in ("_opendo_kv", "_opendo_meta")
-    ]
+    return [row["name"] for row in rows if everything or row["tbl_name"] not in RUNTIME_TABLES]
 
 
 def user_tables(obj: Any) -> list[str]:
@@ -817,7 +814,7 @@ async def test_a_table_cannot_be_renamed_into_the_reserved_prefix(box: DurableOb
             sql.exec("ALTER TABLE t RENAME TO _opendo_x")
         await o.ctx.storage.delete_all()
         names = sql_names(o, everything=True)
-        return [name for name in names if name not in ("_opendo_kv", "_opendo_meta")]
+        return [name for name in names if name not in RUNTIME_TABLES]
 
     assert await run_in(box, fn) == []
 

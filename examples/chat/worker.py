@@ -3,6 +3,11 @@
 Every connection to /<room> reaches the one Chat object of that room. The object hands each
 WebSocket an auto-incrementing id ({"id": n}) and broadcasts every {"from", "text"} message
 to everyone in the room, sender included.
+
+The sockets are accepted with the hibernation API: when the room is idle, the object is
+evicted from memory while its clients stay connected, and the next message brings it back.
+So nothing lives in instance attributes: the counter is in storage, and each client's id is
+in its socket's attachment.
 """
 
 import json
@@ -11,10 +16,6 @@ from opendo import DurableObject, Request, Response, WebSocketPair, WorkerEntryp
 
 
 class Chat(DurableObject):
-    def __init__(self, ctx, env):
-        super().__init__(ctx, env)
-        self.sessions = {}  # id -> the server end of that client's WebSocket
-
     async def fetch(self, request: Request) -> Response:
         if request.headers.get("Upgrade") != "websocket":
             return Response("Expected upgrade: websocket", status=426)
@@ -25,23 +26,24 @@ class Chat(DurableObject):
         await self.ctx.storage.put("counter", id)
 
         client, server = WebSocketPair()
-        server.accept()
-        server.add_event_listener("message", lambda event: self.broadcast(event.data))
-        server.add_event_listener("close", lambda event: self.sessions.pop(id, None))
-        self.sessions[id] = server
+        self.ctx.accept_websocket(server)
+        server.serialize_attachment({"id": id})
 
         # Let the client know its id, then hand the other end back to it.
         server.send(json.dumps({"id": id}))
         return Response(status=101, web_socket=client)
 
-    def broadcast(self, data: str | bytes) -> None:
+    async def web_socket_message(self, ws, message: str | bytes) -> None:
         try:
-            message = json.loads(data)
-            frame = json.dumps({"from": message["from"], "text": message["text"]}, allow_nan=False)
+            data = json.loads(message)
+            frame = json.dumps({"from": data["from"], "text": data["text"]}, allow_nan=False)
         except (ValueError, TypeError, KeyError, RecursionError):
             return  # not a {"from", "text"} message: ignore it
-        for session in self.sessions.values():
+        for session in self.ctx.get_websockets():
             session.send(frame)
+
+    async def web_socket_close(self, ws, code: int, reason: str, was_clean: bool) -> None:
+        pass  # the closing handshake is completed for us; nothing to clean up
 
 
 class Default(WorkerEntrypoint):

@@ -7,6 +7,7 @@ here::
     from opendo import DurableObject, WorkerEntrypoint, Request, Response, WebSocketPair
 """
 
+from ._alarms import AlarmInfo
 from ._api import DurableObject, Env, ExecutionContext, WorkerEntrypoint
 from ._app import Runtime
 from ._asgi import App
@@ -22,9 +23,18 @@ from ._runtime import DurableObjectState
 from ._server import create_app
 from ._sqlite import MemoryDriver, SqliteDriver, StorageDriver
 from ._storage import SqlCursor, SqlError, SqlStorage, Storage, StorageError, Transaction
-from ._websocket import CloseEvent, ErrorEvent, MessageEvent, ReadyState, WebSocket, WebSocketPair
+from ._websocket import (
+    CloseEvent,
+    ErrorEvent,
+    MessageEvent,
+    ReadyState,
+    WebSocket,
+    WebSocketPair,
+    WebSocketRequestResponsePair,
+)
 
 __all__ = [
+    "AlarmInfo",
     "App",
     "Clock",
     "CloseEvent",
@@ -64,6 +74,7 @@ __all__ = [
     "Transaction",
     "WebSocket",
     "WebSocketPair",
+    "WebSocketRequestResponsePair",
     "WorkerEntrypoint",
     "create_app",
     "load_config",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import logging
+import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ._alarms import MAX_RETRIES, AlarmInfo, AlarmScheduler, retry_delay
 from ._api import DurableObject, Env, ExecutionContext, WorkerEntrypoint
 from ._clock import Clock, LoopClock
 from ._config import Config, ConfigError
@@ -44,12 +48,16 @@ class Runtime:
         vars: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
         idle_timeout: float = 70.0,
+        hibernation_timeout: float = 10.0,
         storage: StorageDriver | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.worker = worker
+        self.rng = rng if rng is not None else random.Random()
         self.storage_driver: StorageDriver = storage if storage is not None else MemoryDriver()
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.idle_timeout = idle_timeout
+        self.hibernation_timeout = hibernation_timeout
         self._hosts: dict[tuple[str, DurableObjectId], ObjectHost] = {}
         namespaces: dict[str, DurableObjectNamespace] = {}
         for binding, cls in (bindings or {}).items():
@@ -57,7 +65,10 @@ class Runtime:
                 raise TypeError(f"binding {binding!r}: {cls!r} is not a DurableObject subclass")
             namespaces[binding] = DurableObjectNamespace(self, binding, cls)
         self.namespaces = namespaces
+        self._by_class = {ns.object_class.__name__: ns for ns in namespaces.values()}
         self.env = Env({**(vars or {}), **namespaces})
+        self.alarms = AlarmScheduler(self.clock, self._alarm_due)
+        self._alarm_runs: dict[Hashable, asyncio.Task[None]] = {}
 
     @classmethod
     def from_config(
@@ -87,6 +98,7 @@ class Runtime:
             vars={**config.vars, **config.secrets},
             clock=clock,
             idle_timeout=config.idle_timeout,
+            hibernation_timeout=config.hibernation_timeout,
             storage=storage,
         )
 
@@ -118,6 +130,8 @@ class Runtime:
                 idle_timeout=self.idle_timeout,
                 on_evict=self._forget,
                 open_storage=self._open_storage,
+                on_alarm=self._alarm_changed,
+                hibernation_timeout=self.hibernation_timeout,
             )
             self._hosts[key] = host
         return host
@@ -125,6 +139,111 @@ class Runtime:
     def _open_storage(self, host: ObjectHost) -> Storage:
         db = self.storage_driver.open(host.namespace.object_class.__name__, host.id)
         return Storage(host, db)
+
+    # -- alarms -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Schedule the alarms stored by earlier runs (call once the event loop runs)."""
+        for stored in self.storage_driver.scan_alarms():
+            namespace = self._by_class.get(stored.class_name)
+            if namespace is None:
+                log.warning(
+                    "an alarm of %s(%s) is stored, but no binding names that class",
+                    stored.class_name,
+                    stored.id,
+                )
+                continue
+            id = namespace.id_from_string(stored.id)
+            id.name = stored.name
+            self.alarms.schedule((stored.class_name, id), stored.time_ms)
+
+    def _alarm_changed(self, host: ObjectHost, time_ms: int | None) -> None:
+        key = (host.namespace.object_class.__name__, host.id)
+        if time_ms is None:
+            self.alarms.cancel(key)
+        else:
+            self.alarms.schedule(key, time_ms)
+
+    def _alarm_due(self, key: Hashable) -> None:
+        if key in self._alarm_runs:
+            return  # the run in progress reads the alarm again before it ends
+        task = asyncio.ensure_future(self._run_alarm(key))  # type: ignore[arg-type]
+        self._alarm_runs[key] = task
+
+    async def _run_alarm(self, key: tuple[str, DurableObjectId]) -> None:
+        class_name, id = key
+        namespace = self._by_class[class_name]
+        retry = 0
+        try:
+            while True:
+                host = self.host(namespace, id)
+                storage = host.storage
+                assert isinstance(storage, Storage)
+                due = storage._alarm_now()
+                if due is None:
+                    return
+                if due > self.clock.time() * 1000:
+                    self.alarms.schedule(key, due)
+                    return
+                storage._in_alarm, storage._alarm_set_in_handler = True, False
+                try:
+                    await host.call(partial(_invoke_alarm, info=AlarmInfo(retry)))
+                except Exception as exc:
+                    log.warning(
+                        "alarm of %s(%s) failed (attempt %d): %r", class_name, id, retry + 1, exc
+                    )
+                    retry += 1
+                    if retry > MAX_RETRIES:
+                        log.error(
+                            "alarm of %s(%s) given up after %d retries", class_name, id, MAX_RETRIES
+                        )
+                        await self.host(namespace, id).call(partial(_finish_alarm, due=due))
+                        return
+                    await self._sleep(retry_delay(retry, self.rng))
+                    continue
+                finally:
+                    storage._in_alarm = False
+                await self.host(namespace, id).call(partial(_finish_alarm, due=due))
+                return
+        finally:
+            del self._alarm_runs[key]
+            # An alarm set meanwhile (its timer found this run busy) is scheduled again.
+            live = self._hosts.get(key)
+            kept = live._storage if live is not None else None
+            if isinstance(kept, Storage) and kept._db is not None:
+                if (later := kept._alarm_now()) is not None:
+                    self.alarms.schedule(key, later)
+
+    async def _sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        handle = self.clock.call_at(self.clock.monotonic() + seconds, wake)
+        try:
+            await future
+        finally:
+            handle.cancel()
+
+    async def run_alarm(self, namespace: DurableObjectNamespace, id: DurableObjectId) -> bool:
+        """Run the object's alarm now if one is set; True if it ran. (For tests.)"""
+        key = (namespace.object_class.__name__, id)
+        host = self.host(namespace, id)
+        storage = host.storage
+        assert isinstance(storage, Storage)
+        due = storage._alarm_now()
+        if due is None:
+            return False
+        self.alarms.cancel(key)
+        if due > self.clock.time() * 1000:
+            storage._set_alarm_row(round(self.clock.time() * 1000))
+        task = self._alarm_runs.get(key)
+        if task is None:
+            task = self._alarm_runs[key] = asyncio.ensure_future(self._run_alarm(key))
+        await task
+        return True
 
     def _forget(self, host: ObjectHost) -> None:
         key = (host.namespace.object_class.__name__, host.id)
@@ -142,6 +261,9 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Close every open WebSocket (1001, going away) and drop every object."""
+        self.alarms.close()
+        for task in list(self._alarm_runs.values()):
+            task.cancel()
         for host in self.live_hosts():
             for ws in list(host._sockets):
                 if ws.ready_state is ReadyState.OPEN:
@@ -155,6 +277,24 @@ class Runtime:
             "objects": len(self._hosts),
             "sockets": sum(len(h._sockets) for h in self._hosts.values()),
         }
+
+
+async def _invoke_alarm(instance: DurableObject, info: AlarmInfo) -> None:
+    handler = getattr(instance, "alarm", None)
+    if handler is None:
+        log.error(
+            "%s has an alarm set but no alarm() handler; the alarm is dropped",
+            type(instance).__name__,
+        )
+        return
+    await handler(info)
+
+
+def _finish_alarm(instance: DurableObject, due: int) -> None:
+    """After the handler: the alarm is done, unless the handler set a new one."""
+    storage = instance.ctx.storage
+    if storage._alarm_now() == due:
+        storage._delete_alarm("delete_alarm")
 
 
 def import_main(path: Path) -> ModuleType:

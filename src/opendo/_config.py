@@ -102,6 +102,7 @@ class Config:
     migrations: tuple[Migration, ...] = ()
     assets: AssetsConfig | None = None
     idle_timeout: float = 70.0
+    hibernation_timeout: float = 10.0
     dev_port: int | None = None
     dev_ip: str | None = None
     env_name: str | None = None
@@ -292,10 +293,9 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         assets = AssetsConfig(adir, handling)
 
     runtime = check.table(data.get("runtime", {}), "runtime")
-    check.keys(runtime, {"idle_timeout"}, "runtime")
-    idle = runtime.get("idle_timeout", 70.0)
-    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 < idle < float("inf"):
-        raise check.fail("runtime.idle_timeout", f"expected seconds > 0, got {_kind(idle)}")
+    check.keys(runtime, {"idle_timeout", "hibernation_timeout"}, "runtime")
+    idle = _seconds(check, runtime, "idle_timeout", 70.0)
+    hibernation = _seconds(check, runtime, "hibernation_timeout", 10.0)
 
     dev = check.table(data.get("dev", {}), "dev")
     check.keys(dev, {"port", "ip", "local_protocol"}, "dev")
@@ -318,11 +318,19 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         bindings=tuple(bindings),
         migrations=tuple(migrations),
         assets=assets,
-        idle_timeout=float(idle),
+        idle_timeout=idle,
+        hibernation_timeout=hibernation,
         dev_port=port,
         dev_ip=ip,
         env_name=env,
     )
+
+
+def _seconds(check: _Checker, table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise check.fail(f"runtime.{key}", f"expected seconds > 0, got {_kind(value)}")
+    return float(value)
 
 
 def _read_dev_vars(root: Path, env: str | None) -> dict[str, str]:

@@ -26,10 +26,15 @@ Lifecycle, as data (``_TRANSITIONS``)::
     EMPTY --construct--> ACTIVE --evict--> EVICTED (the host is dropped; a new one is made
                            |                        on the next event)
                            +--reset--> EMPTY (constructor runs again on the next event)
+                           +--hibernate--> HIBERNATED --construct--> ACTIVE
 
 A host is idle when no event runs or waits, no standard WebSocket is open, no
 ``block_concurrency_while`` or ``wait_until`` work is pending, and the output gate is clear.
-An idle host is evicted ``idle_timeout`` seconds later by the injected clock.
+An idle host is evicted ``idle_timeout`` seconds later by the injected clock — or, when it has
+hibernatable WebSockets (``ctx.accept_websocket``), *hibernated* ``hibernation_timeout``
+seconds later: the instance and its storage are dropped, but the host stays, holding the
+sockets with their tags and attachments, and the next event on any of them (or any other
+event) constructs the object again.
 """
 
 from __future__ import annotations
@@ -41,13 +46,22 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._clock import Clock, TimerHandle
 from ._errors import DurableObjectResetError, StorageError, as_remote
 from ._gates import InputGate, InputLock, OutputGate
 from ._ids import DurableObjectId
-from ._websocket import Event, Listener, WebSocket
+from ._websocket import (
+    CloseEvent,
+    Event,
+    Listener,
+    MessageEvent,
+    ReadyState,
+    WebSocket,
+    WebSocketRequestResponsePair,
+)
 
 if TYPE_CHECKING:
     from ._api import DurableObject
@@ -70,18 +84,30 @@ def current_host() -> ObjectHost | None:
 class Lifecycle(enum.Enum):
     EMPTY = "empty"  # no instance; the next event constructs one
     ACTIVE = "active"
+    HIBERNATED = "hibernated"  # no instance, but hibernatable WebSockets stay connected
     EVICTED = "evicted"  # dropped for idleness; the host is gone from the runtime
 
 
 _TRANSITIONS: dict[tuple[Lifecycle, str], Lifecycle] = {
     (Lifecycle.EMPTY, "construct"): Lifecycle.ACTIVE,
+    (Lifecycle.HIBERNATED, "construct"): Lifecycle.ACTIVE,
     (Lifecycle.ACTIVE, "reset"): Lifecycle.EMPTY,
     (Lifecycle.EMPTY, "reset"): Lifecycle.EMPTY,
+    (Lifecycle.HIBERNATED, "reset"): Lifecycle.HIBERNATED,
+    (Lifecycle.ACTIVE, "hibernate"): Lifecycle.HIBERNATED,
+    (Lifecycle.EMPTY, "hibernate"): Lifecycle.HIBERNATED,
+    (Lifecycle.HIBERNATED, "hibernate"): Lifecycle.HIBERNATED,
     (Lifecycle.ACTIVE, "evict"): Lifecycle.EVICTED,
     (Lifecycle.EMPTY, "evict"): Lifecycle.EVICTED,
+    (Lifecycle.HIBERNATED, "evict"): Lifecycle.EVICTED,
 }
 
 Call = Callable[["DurableObject"], Any]
+
+BLOCK_CONCURRENCY_TIMEOUT = 30.0
+MAX_TAGS = 10
+MAX_TAG_CHARS = 256
+MAX_HIBERNATABLE = 32_768
 
 
 class StorageHandle(Protocol):
@@ -107,6 +133,9 @@ class ObjectHost:
         "_starting",
         "_running",
         "_sockets",
+        "_hibernatable",
+        "auto_response",
+        "_hibernation_timeout",
         "_background",
         "_events",
         "_idle_timer",
@@ -114,6 +143,7 @@ class ObjectHost:
         "_idle_timeout",
         "_on_evict",
         "_open_storage",
+        "_on_alarm",
         "_storage",
         "constructions",
         "generation",
@@ -128,6 +158,8 @@ class ObjectHost:
         idle_timeout: float,
         on_evict: Callable[[ObjectHost], None],
         open_storage: Callable[[ObjectHost], StorageHandle] | None = None,
+        on_alarm: Callable[[ObjectHost, int | None], None] | None = None,
+        hibernation_timeout: float = 10.0,
     ) -> None:
         self.namespace = namespace
         self.id = id
@@ -140,7 +172,10 @@ class ObjectHost:
         self._waiting_for_gate = False
         self._starting = False
         self._running = 0
-        self._sockets: set[WebSocket] = set()
+        self._sockets: set[WebSocket] = set()  # standard sockets: they keep the object alive
+        self._hibernatable: dict[WebSocket, None] = {}  # accept_websocket(), in accept order
+        self.auto_response: WebSocketRequestResponsePair | None = None
+        self._hibernation_timeout = hibernation_timeout
         self._background: set[asyncio.Future[Any]] = set()
         self._events: set[asyncio.Future[Any]] = set()
         self._idle_timer: TimerHandle | None = None
@@ -148,6 +183,7 @@ class ObjectHost:
         self._idle_timeout = idle_timeout
         self._on_evict = on_evict
         self._open_storage = open_storage
+        self._on_alarm = on_alarm
         self._storage: StorageHandle | None = None
         self.constructions = 0
         self.generation = 0  # bumped when the instance is dropped
@@ -178,11 +214,32 @@ class ObjectHost:
         for listener in list(listeners):
             self.deliver(_bind_listener(listener, event), None)
 
+    def deliver_hibernatable(self, ws: WebSocket, event: Event) -> None:
+        """An event on a socket accepted with ``ctx.accept_websocket``: to the object's
+        ``web_socket_*`` handlers (constructing it if it hibernated), or, for the
+        auto-response request, answered here without waking it."""
+        if isinstance(event, MessageEvent):
+            pair = self.auto_response
+            if pair is not None and event.data == pair.request:
+                ws._auto_response_at = self._clock.time()
+                if ws._peer is not None and ws._state is ReadyState.OPEN:
+                    ws._peer._arrive(MessageEvent(pair.response))
+                return
+            call = _hibernation_call("web_socket_message", ws, event.data)
+        elif isinstance(event, CloseEvent):
+            self._hibernatable.pop(ws, None)
+            call = _hibernation_call(
+                "web_socket_close", ws, event.code, event.reason, event.was_clean
+            )
+        else:
+            call = _hibernation_call("web_socket_error", ws, event.error)
+        self.deliver(call, None)
+
     def _ready(self) -> bool:
         return self.state is Lifecycle.ACTIVE and self.input_gate.is_open and not self._starting
 
     def _pump(self) -> None:
-        if self.state is Lifecycle.EMPTY and not self._construct():
+        if self.instance is None and not self._construct():
             return
         if self._starting:
             return  # the event starting now pumps again after its first step
@@ -337,8 +394,12 @@ class ObjectHost:
     def _maybe_idle(self) -> None:
         if self.state is Lifecycle.EVICTED or self._idle_timer is not None or not self.is_idle():
             return
-        deadline = self._clock.monotonic() + self._idle_timeout
-        self._idle_timer = self._clock.call_at(deadline, self._idle_expired)
+        if self.instance is None and self._hibernatable:
+            return  # hibernating already
+        timeout = self._hibernation_timeout if self._hibernatable else self._idle_timeout
+        self._idle_timer = self._clock.call_at(
+            self._clock.monotonic() + timeout, self._idle_expired
+        )
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
@@ -359,20 +420,29 @@ class ObjectHost:
             self._storage = self._open_storage(self)
         return self._storage
 
+    def alarm_changed(self, time_ms: int | None) -> None:
+        """Storage set (or deleted) this object's alarm."""
+        if self._on_alarm is not None:
+            self._on_alarm(self, time_ms)
+
     def _close_storage(self) -> None:
         storage, self._storage = self._storage, None
         if storage is not None:
             storage._close()
 
     def evict(self) -> None:
-        """Drop the instance and forget this host; the next event builds a new one."""
+        """Drop the instance; the next event builds a new one. Hibernatable WebSockets stay
+        connected (the host hibernates); without them, the host is forgotten too."""
         self._cancel_idle()
         self._close_storage()
         self.generation += 1
         self.instance = None
         self.ctx = None
-        self._move("evict")
-        self._on_evict(self)
+        if self._hibernatable:
+            self._move("hibernate")
+        else:
+            self._move("evict")
+            self._on_evict(self)
 
     def reset(self, reason: str) -> None:
         """Drop the instance after a failure; queued events construct a new one."""
@@ -386,7 +456,7 @@ class ObjectHost:
         self.ctx = None
         self.input_gate = InputGate()
         self.output_gate = OutputGate()
-        self._move("reset")
+        self._move("hibernate" if self._hibernatable else "reset")
         if self._queue:
             asyncio.get_running_loop().call_soon(self._pump)
         else:
@@ -398,6 +468,7 @@ class ObjectHost:
             "running": self._running,
             "queued": len(self._queue),
             "sockets": len(self._sockets),
+            "hibernatable_sockets": len(self._hibernatable),
             "constructions": self.constructions,
         }
 
@@ -436,27 +507,123 @@ class DurableObjectState:
 
         If it raises, the object is reset. Callable from the constructor (without awaiting).
         """
-        host = self._host
+        host = self._live_host("block_concurrency_while()")
         lock: InputLock = host.input_gate.lock()
+        generation = host.generation
+        timed_out = False
 
         async def run() -> Any:
             try:
                 return await fn()
+            except asyncio.CancelledError:
+                if timed_out:
+                    raise DurableObjectResetError(
+                        f"block_concurrency_while() did not finish within "
+                        f"{BLOCK_CONCURRENCY_TIMEOUT:g} s; the object was reset"
+                    ) from None
+                raise
             except Exception as exc:
-                host.reset(f"block_concurrency_while() failed: {exc!r}")
+                if host.generation == generation:
+                    host.reset(f"block_concurrency_while() failed: {exc!r}")
                 raise
             finally:
+                timer.cancel()
                 lock.release()
 
+        def expire() -> None:
+            nonlocal timed_out
+            if not task.done():
+                timed_out = True
+                task.cancel()
+                if host.generation == generation:
+                    host.reset("block_concurrency_while() timed out")
+
         task = asyncio.ensure_future(run())
+        timer = host._clock.call_at(host._clock.monotonic() + BLOCK_CONCURRENCY_TIMEOUT, expire)
         host.track(task)
         return task
+
+    # -- WebSocket hibernation ---------------------------------------------------------------
+
+    def accept_websocket(self, ws: WebSocket, tags: Iterable[str] = ()) -> None:
+        """Accept ``ws`` (the server end of a pair) so that it survives hibernation: its
+        events go to ``web_socket_message``/``web_socket_close``/``web_socket_error``."""
+        host = self._live_host("accept_websocket()")
+        if not isinstance(ws, WebSocket):
+            raise TypeError(f"accept_websocket() takes a WebSocket, got {type(ws).__name__}")
+        if ws._accepted or ws._transport is not None or ws._peer is None:
+            raise RuntimeError(
+                "accept_websocket() takes the server end of a new WebSocketPair, not yet accepted"
+            )
+        tags = tuple(tags)
+        if len(tags) > MAX_TAGS:
+            raise ValueError(f"a WebSocket may have at most {MAX_TAGS} tags, got {len(tags)}")
+        for tag in tags:
+            if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_CHARS:
+                raise ValueError(
+                    f"a tag must be a non-empty str of at most {MAX_TAG_CHARS} characters, "
+                    f"got {tag!r:.80}"
+                )
+        if len(host._hibernatable) >= MAX_HIBERNATABLE:
+            raise RuntimeError(
+                f"an object may hold at most {MAX_HIBERNATABLE} hibernatable WebSockets"
+            )
+        ws._hibernatable = True
+        ws._tags = tags
+        ws._accepted = True
+        ws._state = ReadyState.OPEN
+        ws._host = host
+        host._hibernatable[ws] = None
+        ws._drain_pending()
+
+    def get_websockets(self, tag: str | None = None) -> list[WebSocket]:
+        """The connected sockets accepted with ``accept_websocket`` (with ``tag``, if given)."""
+        host = self._live_host("get_websockets()")
+        return [
+            ws
+            for ws in host._hibernatable
+            if ws._state is not ReadyState.CLOSED and (tag is None or tag in ws._tags)
+        ]
+
+    def get_tags(self, ws: WebSocket) -> list[str]:
+        host = self._live_host("get_tags()")
+        if not ws._hibernatable or ws._host is not host:
+            raise ValueError("get_tags() takes a WebSocket accepted with accept_websocket()")
+        return list(ws._tags)
+
+    def set_websocket_auto_response(self, pair: WebSocketRequestResponsePair | None = None) -> None:
+        """Answer ``pair.request`` with ``pair.response`` on every hibernatable socket,
+        without waking the object; None removes it."""
+        if pair is not None and not isinstance(pair, WebSocketRequestResponsePair):
+            raise TypeError("set_websocket_auto_response() takes a WebSocketRequestResponsePair")
+        self._live_host("set_websocket_auto_response()").auto_response = pair
+
+    def get_websocket_auto_response(self) -> WebSocketRequestResponsePair | None:
+        return self._live_host("get_websocket_auto_response()").auto_response
+
+    def get_websocket_auto_response_timestamp(self, ws: WebSocket) -> datetime | None:
+        """When ``ws`` was last answered by the auto-response, or None."""
+        at = ws._auto_response_at
+        return None if at is None else datetime.fromtimestamp(at, tz=UTC)
 
     def abort(self, reason: str = "aborted") -> NoReturn:
         """Reset the object now and raise: writes not yet committed are dropped, and the
         constructor runs again on the next event."""
         self._live_host("abort()").reset(f"abort({reason!r})")
         raise DurableObjectResetError(f"the object was aborted: {reason}")
+
+
+def _hibernation_call(name: str, ws: WebSocket, *args: Any) -> Call:
+    def call(instance: DurableObject) -> Any:
+        handler = getattr(instance, name, None)
+        if handler is None:
+            log.error(
+                "%s received a WebSocket event but defines no %s()", type(instance).__name__, name
+            )
+            return None
+        return handler(ws, *args)
+
+    return call
 
 
 def _bind_listener(listener: Listener, event: Event) -> Call:

@@ -23,22 +23,26 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ._ids import DurableObjectId
 
 __all__ = [
+    "ALARM_TABLE",
     "KV_TABLE",
     "MemoryDriver",
     "ObjectDatabase",
     "SqliteDriver",
     "StorageDriver",
+    "StoredAlarm",
 ]
 
 KV_TABLE = "_opendo_kv"
 META_TABLE = "_opendo_meta"
-RUNTIME_TABLES = frozenset({KV_TABLE, META_TABLE})
+ALARM_TABLE = "_opendo_alarm"
+RUNTIME_TABLES = frozenset({KV_TABLE, META_TABLE, ALARM_TABLE})
 RESERVED_PREFIX = "_opendo_"
 
 MAX_VALUE_BYTES = 2 * 1024 * 1024  # a string, blob or row; as Cloudflare's SQLite limit
@@ -49,6 +53,8 @@ MAX_INTERNAL_VARIABLES = 512  # our own multi-key statements; users get MAX_BIND
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {KV_TABLE} (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {ALARM_TABLE} (
+    id INTEGER PRIMARY KEY CHECK (id = 1), time_ms INTEGER NOT NULL);
 """
 
 # Pragmas user SQL may run: the read-only, introspective ones.
@@ -174,10 +180,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class StoredAlarm(NamedTuple):
+    class_name: str
+    id: str  # 64 hex digits
+    name: str | None
+    time_ms: int
+
+
 class StorageDriver(Protocol):
     """Opens the database of one object. Implementations: SqliteDriver, MemoryDriver."""
 
     def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase: ...
+
+    def scan_alarms(self) -> Iterator[StoredAlarm]:
+        """Every stored alarm, of every object (read when the runtime starts)."""
+        ...
+
+
+def _read_alarm(conn: sqlite3.Connection) -> tuple[int | None, str | None]:
+    try:
+        alarm = conn.execute(f"SELECT time_ms FROM {ALARM_TABLE}").fetchone()
+        name = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'name'").fetchone()
+    except sqlite3.OperationalError:
+        return None, None  # a database from before alarms existed, or not ours
+    return (alarm[0] if alarm else None), (name[0] if name else None)
 
 
 class SqliteDriver:
@@ -188,6 +214,21 @@ class SqliteDriver:
 
     def path_of(self, class_name: str, id: DurableObjectId) -> Path:
         return self.directory / class_name / f"{id}.sqlite"
+
+    def scan_alarms(self) -> Iterator[StoredAlarm]:
+        if not self.directory.is_dir():
+            return
+        for class_dir in sorted(self.directory.iterdir()):
+            if not class_dir.is_dir():
+                continue
+            for file in sorted(class_dir.glob("*.sqlite")):
+                conn = sqlite3.connect(str(file))
+                try:
+                    time_ms, name = _read_alarm(conn)
+                finally:
+                    conn.close()
+                if time_ms is not None:
+                    yield StoredAlarm(class_dir.name, file.stem, name, time_ms)
 
     def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
         path = self.path_of(class_name, id)
@@ -209,6 +250,12 @@ class MemoryDriver:
         if db is None:
             db = self._databases[key] = _KeptOpen(None)
         return db
+
+    def scan_alarms(self) -> Iterator[StoredAlarm]:
+        for (class_name, id), db in list(self._databases.items()):
+            time_ms, name = _read_alarm(db.connection)
+            if time_ms is not None:
+                yield StoredAlarm(class_name, str(id), name, time_ms)
 
 
 class _KeptOpen(ObjectDatabase):

@@ -36,12 +36,20 @@ import logging
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._codec import decode, encode
 from ._errors import StorageError
 from ._gates import OutputLock
-from ._sqlite import KV_TABLE, MAX_VALUE_BYTES, META_TABLE, RUNTIME_TABLES, ObjectDatabase
+from ._sqlite import (
+    ALARM_TABLE,
+    KV_TABLE,
+    MAX_VALUE_BYTES,
+    META_TABLE,
+    RUNTIME_TABLES,
+    ObjectDatabase,
+)
 
 if TYPE_CHECKING:
     from ._runtime import ObjectHost
@@ -212,7 +220,18 @@ class _Batches:
 class Storage:
     """``ctx.storage``: durable KV and SQL storage, private to this object."""
 
-    __slots__ = ("_db", "_batches", "_host", "_txn_owner", "_txn_done", "_cache", "sql", "kv")
+    __slots__ = (
+        "_db",
+        "_batches",
+        "_host",
+        "_txn_owner",
+        "_txn_done",
+        "_cache",
+        "_in_alarm",
+        "_alarm_set_in_handler",
+        "sql",
+        "kv",
+    )
 
     def __init__(self, host: ObjectHost, db: ObjectDatabase) -> None:
         self._host = host
@@ -222,6 +241,8 @@ class Storage:
         # Encoded values of recently used keys (None: known absent). Cleared whenever a
         # rollback might make it disagree with the database.
         self._cache: dict[bytes, bytes | None] = {}
+        self._in_alarm = False  # an alarm handler is running: get_alarm() says None...
+        self._alarm_set_in_handler = False  # ...unless it set a new one
         self._batches = _Batches(db, host)
         self.sql = SqlStorage(self)
         self.kv = SyncKV(self)
@@ -351,6 +372,82 @@ class Storage:
         host.output_gate.when_clear(done)
         await future
 
+    # -- the alarm ---------------------------------------------------------------------------
+
+    async def get_alarm(self) -> int | None:
+        """When the alarm is due, in epoch milliseconds; None if none is set (and, inside
+        ``alarm()``, unless the handler set a new one)."""
+        if self._txn_owner is not None:
+            await self._turn()
+        return self._get_alarm("get_alarm")
+
+    async def set_alarm(self, scheduled_time: datetime | int | float) -> None:
+        """Set the object's one alarm: a datetime, or epoch milliseconds. A time in the past
+        fires at once. Replaces any alarm already set."""
+        if self._txn_owner is not None:
+            await self._turn()
+        self._set_alarm(scheduled_time, "set_alarm")
+
+    async def delete_alarm(self) -> None:
+        """Remove the alarm (a handler already running is not stopped)."""
+        if self._txn_owner is not None:
+            await self._turn()
+        self._delete_alarm("delete_alarm")
+
+    def _get_alarm(self, method: str) -> int | None:
+        conn = self._conn(method)
+        if self._in_alarm and not self._alarm_set_in_handler:
+            return None
+        return self._alarm_row(conn)
+
+    @staticmethod
+    def _alarm_row(conn: sqlite3.Connection) -> int | None:
+        row = conn.execute(f"SELECT time_ms FROM {ALARM_TABLE}").fetchone()
+        return None if row is None else int(row[0])
+
+    def _set_alarm(self, when: datetime | int | float, method: str) -> None:
+        if isinstance(when, datetime):
+            time_ms = round(when.timestamp() * 1000)
+        elif isinstance(when, int | float) and not isinstance(when, bool):
+            if when != when or when in (float("inf"), float("-inf")):
+                raise StorageError(f"storage.{method}(): {when!r} is not a time")
+            time_ms = round(when)
+        else:
+            raise TypeError(
+                f"storage.{method}() takes a datetime or epoch milliseconds, "
+                f"got {type(when).__name__}"
+            )
+        conn = self._write(method)
+        conn.execute(
+            f"INSERT INTO {ALARM_TABLE} (id, time_ms) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET time_ms = excluded.time_ms",
+            (time_ms,),
+        )
+        if self._in_alarm:
+            self._alarm_set_in_handler = True
+        self._host.alarm_changed(time_ms)
+
+    def _delete_alarm(self, method: str) -> None:
+        conn = self._write(method)
+        conn.execute(f"DELETE FROM {ALARM_TABLE}")
+        if self._in_alarm:
+            self._alarm_set_in_handler = False
+        self._host.alarm_changed(None)
+
+    def _alarm_now(self) -> int | None:
+        """The stored alarm, whatever a running handler should be told."""
+        return self._alarm_row(self._conn("get_alarm"))
+
+    def _set_alarm_row(self, time_ms: int) -> None:
+        self._set_alarm(time_ms, "set_alarm")
+
+    def _rolled_back(self) -> None:
+        """After a rollback: forget cached values, and follow the alarm as it is now."""
+        self._cache.clear()
+        db = self._db
+        if db is not None:
+            self._host.alarm_changed(self._alarm_row(db.connection))
+
     # -- transactions ------------------------------------------------------------------------
 
     def transaction_sync(self, fn: Callable[[], T]) -> T:
@@ -370,8 +467,8 @@ class Storage:
                     "for an async one"
                 )
         except BaseException:
-            self._cache.clear()
             conn.execute(f"ROLLBACK TO {name}")
+            self._rolled_back()
             conn.execute(f"RELEASE {name}")
             raise
         else:
@@ -403,15 +500,15 @@ class Storage:
             result = await fn(txn)
         except BaseException:
             if self._db is not None:
-                self._cache.clear()
                 conn.execute(f"ROLLBACK TO {name}")
+                self._rolled_back()
                 conn.execute(f"RELEASE {name}")
             raise
         else:
             if self._db is not None:
                 if txn._rolled_back:
-                    self._cache.clear()
                     conn.execute(f"ROLLBACK TO {name}")
+                    self._rolled_back()
                 conn.execute(f"RELEASE {name}")
             return result
         finally:
@@ -487,7 +584,7 @@ class Storage:
                 finally:
                     conn.execute("RELEASE _opendo_put")
         except sqlite3.DataError as exc:
-            self._cache.clear()
+            self._rolled_back()
             raise StorageError(f"storage.{method}(): {exc}") from exc
         for raw, data in items:
             self._remember(raw, data)
@@ -615,6 +712,15 @@ class Transaction:
 
     async def delete_all(self) -> None:
         self._check("delete_all")._delete_all("delete_all")
+
+    async def get_alarm(self) -> int | None:
+        return self._check("get_alarm")._get_alarm("get_alarm")
+
+    async def set_alarm(self, scheduled_time: datetime | int | float) -> None:
+        self._check("set_alarm")._set_alarm(scheduled_time, "set_alarm")
+
+    async def delete_alarm(self) -> None:
+        self._check("delete_alarm")._delete_alarm("delete_alarm")
 
     async def list(self, **options: Any) -> dict[str, Any]:
         storage = self._check("list")

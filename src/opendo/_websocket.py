@@ -23,18 +23,21 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._codec import decode, encode
 from ._gates import OutputGate
 
 if TYPE_CHECKING:
     from ._runtime import ObjectHost
 
 __all__ = [
+    "MAX_ATTACHMENT_BYTES",
     "CloseEvent",
     "ErrorEvent",
     "MessageEvent",
     "ReadyState",
     "WebSocket",
     "WebSocketPair",
+    "WebSocketRequestResponsePair",
     "WebSocketTransport",
 ]
 
@@ -95,6 +98,8 @@ class WebSocketTransport(Protocol):
 
 
 _EVENT_TYPES = ("message", "close", "error")
+MAX_ATTACHMENT_BYTES = 16 * 1024
+MAX_AUTO_RESPONSE_CHARS = 2048
 
 
 def _check_close(code: int | None, reason: str) -> int:
@@ -118,17 +123,26 @@ class WebSocket:
         "_transport",
         "_pending",
         "_host",
+        "_hibernatable",
+        "_tags",
+        "_attachment",
+        "_auto_response_at",
         "__weakref__",
     )
 
     def __init__(self) -> None:
         self._peer: WebSocket | None = None
-        self._listeners: dict[str, list[Listener]] = {}
+        self._listeners: dict[str, list[Listener]] | None = None
         self._state = ReadyState.CONNECTING
         self._accepted = False
         self._transport: WebSocketTransport | None = None
-        self._pending: deque[Event] = deque()
+        self._pending: deque[Event] | None = None
         self._host: ObjectHost | None = None
+        # The hibernation API (ctx.accept_websocket): state that outlives the instance.
+        self._hibernatable = False
+        self._tags: tuple[str, ...] = ()
+        self._attachment: bytes | None = None
+        self._auto_response_at: float | None = None
 
     # -- the standard API ---------------------------------------------------------------
 
@@ -150,8 +164,12 @@ class WebSocket:
         if host is not None:
             self._host = host
             host._socket_opened(self)
-        while self._pending:
-            self._dispatch(self._pending.popleft())
+        self._drain_pending()
+
+    def _drain_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        while pending:
+            self._dispatch(pending.popleft())
 
     def add_event_listener(self, type: str, listener: Listener) -> None:
         """Listen for ``"message"``, ``"close"`` or ``"error"`` events.
@@ -163,10 +181,17 @@ class WebSocket:
             raise ValueError(
                 f"unknown WebSocket event type {type!r}: expected one of {', '.join(_EVENT_TYPES)}"
             )
+        if self._hibernatable:
+            raise RuntimeError(
+                "a WebSocket accepted with ctx.accept_websocket() delivers its events to the "
+                "object's web_socket_message/close/error handlers, not to listeners"
+            )
+        if self._listeners is None:
+            self._listeners = {}
         self._listeners.setdefault(type, []).append(listener)
 
     def remove_event_listener(self, type: str, listener: Listener) -> None:
-        listeners = self._listeners.get(type, [])
+        listeners = (self._listeners or {}).get(type, [])
         if listener in listeners:
             listeners.remove(listener)
 
@@ -264,11 +289,16 @@ class WebSocket:
                 # Answer the close, so the other end completes its closing handshake too.
                 peer._arrive(CloseEvent(event.code, event.reason, event.was_clean))
         else:
+            if self._pending is None:
+                self._pending = deque()
             self._pending.append(event)
 
     def _dispatch(self, event: Event) -> None:
-        listeners = self._listeners.get(event.type)
         host = self._host
+        if self._hibernatable and host is not None:
+            host.deliver_hibernatable(self, event)
+            return
+        listeners = self._listeners.get(event.type) if self._listeners else None
         if host is not None:
             if listeners:
                 host.deliver_listeners(listeners, event)
@@ -284,8 +314,9 @@ class WebSocket:
             raise RuntimeError("an accepted WebSocket end cannot be returned in a Response")
         self._transport = transport
         self._state = ReadyState.OPEN
-        while self._pending:
-            self._arrive(self._pending.popleft())
+        pending, self._pending = self._pending, None
+        while pending:
+            self._arrive(pending.popleft())
 
     def _receive(self, data: Data) -> None:
         """A message came in from the network on this (bound) end."""
@@ -303,6 +334,25 @@ class WebSocket:
         if not was_clean:
             peer._arrive(ErrorEvent(ConnectionResetError("the WebSocket connection was lost")))
         peer._arrive(CloseEvent(code, reason, was_clean))
+
+    # -- attachments (hibernation API) ----------------------------------------------------
+
+    def serialize_attachment(self, value: Any) -> None:
+        """Keep ``value`` with this socket; it survives the object's hibernation.
+
+        Any value storage accepts, at most 16 KiB encoded.
+        """
+        data = encode(value)
+        if len(data) > MAX_ATTACHMENT_BYTES:
+            raise ValueError(
+                f"a WebSocket attachment is {len(data)} bytes encoded; "
+                f"the limit is {MAX_ATTACHMENT_BYTES}"
+            )
+        self._attachment = data
+
+    def deserialize_attachment(self) -> Any:
+        """The value given to ``serialize_attachment``, or None."""
+        return None if self._attachment is None else decode(self._attachment)
 
     def __repr__(self) -> str:
         return f"<WebSocket {self._state.name}>"
@@ -322,6 +372,30 @@ def _call_listener(listener: Listener, event: Event) -> None:
 def _log_listener_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("uncaught exception in a WebSocket listener", exc_info=exc)
+
+
+class WebSocketRequestResponsePair:
+    """For ``ctx.set_websocket_auto_response``: a message that, when a hibernatable socket
+    receives exactly it, is answered with ``response`` without waking the object."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: str, response: str) -> None:
+        for what, value in (("request", request), ("response", response)):
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"the auto-response {what} must be a str, got {type(value).__name__}"
+                )
+            if len(value) > MAX_AUTO_RESPONSE_CHARS:
+                raise ValueError(
+                    f"the auto-response {what} is {len(value)} characters; "
+                    f"the limit is {MAX_AUTO_RESPONSE_CHARS}"
+                )
+        self.request = request
+        self.response = response
+
+    def __repr__(self) -> str:
+        return f"WebSocketRequestResponsePair({self.request!r}, {self.response!r})"
 
 
 class WebSocketPair:
