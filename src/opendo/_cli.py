@@ -28,6 +28,7 @@ def _run(
     persist_to: Path | None,
     env: str | None,
     reload: bool,
+    log_level: str,
 ) -> None:
     from ._server import serve
 
@@ -43,6 +44,7 @@ def _run(
             env=env,
             persist_to=(persist_to or config.root / ".opendo" / "state").resolve(),
             reload=reload,
+            log_level=log_level,
         )
     except ConfigError as exc:
         click.echo(f"opendo: {exc}", err=True)
@@ -65,6 +67,13 @@ _options = [
         help="Directory for object storage. Default: PROJECT/.opendo/state.",
     ),
     click.option("--env", default=None, help="Use the [env.NAME] section of opendo.toml."),
+    click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        help="What the server logs (to stderr).",
+    ),
 ]
 
 
@@ -91,16 +100,22 @@ def dev(
     ip: str | None,
     persist_to: Path | None,
     env: str | None,
+    log_level: str,
     reload: bool,
 ) -> None:
     """Run PROJECT (a directory with opendo.toml) locally for development."""
-    _run(project, port, ip, persist_to, env, reload)
+    _run(project, port, ip, persist_to, env, reload, log_level)
 
 
 @main.command()
 @_with_options
 def serve(
-    project: Path, port: int | None, ip: str | None, persist_to: Path | None, env: str | None
+    project: Path,
+    port: int | None,
+    ip: str | None,
+    persist_to: Path | None,
+    env: str | None,
+    log_level: str,
 ) -> None:
     """Run PROJECT in production (no reloading)."""
-    _run(project, port, ip, persist_to, env, reload=False)
+    _run(project, port, ip, persist_to, env, False, log_level)

@@ -440,6 +440,12 @@ class ObjectHost:
         self.ctx = None
         if self._hibernatable:
             self._move("hibernate")
+            log.debug(
+                "hibernated %s(%s) with %d WebSockets",
+                self.namespace.object_class.__name__,
+                self.id,
+                len(self._hibernatable),
+            )
         else:
             self._move("evict")
             self._on_evict(self)

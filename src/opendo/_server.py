@@ -28,6 +28,7 @@ log = logging.getLogger("opendo")
 _ENV_PROJECT = "OPENDO_PROJECT"
 _ENV_ENV = "OPENDO_ENV"
 _ENV_PERSIST = "OPENDO_PERSIST_TO"
+_ENV_LOG_LEVEL = "OPENDO_LOG_LEVEL"
 WS_MAX_SIZE = 32 * 1024 * 1024  # a received WebSocket message, as on Cloudflare
 
 
@@ -115,7 +116,7 @@ class _Server(uvicorn.Server):
 
 def _setup_logging() -> None:
     logging.basicConfig(
-        level=logging.INFO,
+        level=os.environ.get(_ENV_LOG_LEVEL, "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -129,8 +130,10 @@ def serve(
     env: str | None,
     persist_to: Path,
     reload: bool,
+    log_level: str = "info",
 ) -> None:
     """Run the project's server in the foreground until SIGINT or SIGTERM."""
+    os.environ[_ENV_LOG_LEVEL] = log_level
     config = load_config(project, env)  # fail early, with a clear message
     os.environ[_ENV_PROJECT] = str(config.path)
     os.environ[_ENV_ENV] = env or ""
