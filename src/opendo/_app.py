@@ -181,13 +181,16 @@ class Runtime:
                 assert isinstance(storage, Storage)
                 due = storage._alarm_now()
                 if due is None:
+                    host._maybe_idle()
                     return
                 if due > self.clock.time() * 1000:
                     self.alarms.schedule(key, due)
+                    host._maybe_idle()
                     return
                 storage._in_alarm, storage._alarm_set_in_handler = True, False
                 try:
                     await host.call(partial(_invoke_alarm, info=AlarmInfo(retry)))
+                    rearmed = storage._alarm_set_in_handler
                 except Exception as exc:
                     log.warning(
                         "alarm of %s(%s) failed (attempt %d): %r", class_name, id, retry + 1, exc
@@ -203,7 +206,8 @@ class Runtime:
                     continue
                 finally:
                     storage._in_alarm = False
-                await self.host(namespace, id).call(partial(_finish_alarm, due=due))
+                if not rearmed:
+                    await self.host(namespace, id).call(partial(_finish_alarm, due=due))
                 return
         finally:
             del self._alarm_runs[key]
@@ -235,6 +239,7 @@ class Runtime:
         assert isinstance(storage, Storage)
         due = storage._alarm_now()
         if due is None:
+            host._maybe_idle()
             return False
         self.alarms.cancel(key)
         if due > self.clock.time() * 1000:
@@ -265,7 +270,7 @@ class Runtime:
         for task in list(self._alarm_runs.values()):
             task.cancel()
         for host in self.live_hosts():
-            for ws in list(host._sockets):
+            for ws in [*host._sockets, *host._hibernatable]:
                 if ws.ready_state is ReadyState.OPEN:
                     ws._shutdown(1001, "server shutting down")
             host._cancel_idle()

@@ -139,6 +139,7 @@ class ObjectHost:
         "_background",
         "_events",
         "_idle_timer",
+        "_idle_watch",
         "_clock",
         "_idle_timeout",
         "_on_evict",
@@ -179,6 +180,7 @@ class ObjectHost:
         self._background: set[asyncio.Future[Any]] = set()
         self._events: set[asyncio.Future[Any]] = set()
         self._idle_timer: TimerHandle | None = None
+        self._idle_watch: OutputGate | None = None
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._on_evict = on_evict
@@ -392,13 +394,35 @@ class ObjectHost:
         )
 
     def _maybe_idle(self) -> None:
-        if self.state is Lifecycle.EVICTED or self._idle_timer is not None or not self.is_idle():
+        if self.state is Lifecycle.EVICTED or self._idle_timer is not None:
+            return
+        if not self.is_idle():
+            if self._only_waiting_for_output():
+                # Idle once the last writes are durable: look again then.
+                gate = self.output_gate
+                if gate is not self._idle_watch:
+                    self._idle_watch = gate
+                    gate.when_clear(self._output_cleared)
             return
         if self.instance is None and self._hibernatable:
             return  # hibernating already
         timeout = self._hibernation_timeout if self._hibernatable else self._idle_timeout
         self._idle_timer = self._clock.call_at(
             self._clock.monotonic() + timeout, self._idle_expired
+        )
+
+    def _output_cleared(self, error: BaseException | None) -> None:
+        self._idle_watch = None
+        if error is None:  # a broken gate means a reset, which looks again itself
+            self._maybe_idle()
+
+    def _only_waiting_for_output(self) -> bool:
+        return (
+            self._running == 0
+            and not self._queue
+            and not self._sockets
+            and not self._background
+            and self.input_gate.is_open
         )
 
     def _cancel_idle(self) -> None:
@@ -456,12 +480,15 @@ class ObjectHost:
         for ws in list(self._sockets):
             ws._shutdown(1011, "Durable Object reset")
         self._sockets.clear()
-        self._close_storage()
         self.generation += 1
         self.instance = None
         self.ctx = None
         self.input_gate = InputGate()
+        self._waiting_for_gate = False
         self.output_gate = OutputGate()
+        # After the new gates exist: a flush still in flight holds the new output gate, so
+        # the next instance cannot reveal what that flush has not yet made durable.
+        self._close_storage()
         self._move("hibernate" if self._hibernatable else "reset")
         if self._queue:
             asyncio.get_running_loop().call_soon(self._pump)
@@ -545,6 +572,8 @@ class DurableObjectState:
                     host.reset("block_concurrency_while() timed out")
 
         task = asyncio.ensure_future(run())
+        # A failure resets the object; whoever awaits the task sees it, nobody else must.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         timer = host._clock.call_at(host._clock.monotonic() + BLOCK_CONCURRENCY_TIMEOUT, expire)
         host.track(task)
         return task

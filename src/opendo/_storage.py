@@ -122,6 +122,7 @@ class _Batches:
         "pending",
         "flushing",
         "closed",
+        "carry",
     )
 
     def __init__(self, db: ObjectDatabase, host: ObjectHost) -> None:
@@ -133,6 +134,7 @@ class _Batches:
         self.pending: list[OutputLock] = []
         self.flushing = False
         self.closed = False
+        self.carry: OutputLock | None = None  # held on the next instance's gate, see close()
 
     def begin(self) -> None:
         conn = self.db.connection
@@ -177,6 +179,15 @@ class _Batches:
         self.flushing = False
         if self.closed:
             self.db.close()  # its close waited for this flush
+            carry, self.carry = self.carry, None
+            if carry is not None:
+                if future.exception() is None:
+                    carry.release()
+                else:
+                    # What the next instance may have read did not reach the disk.
+                    carry.fail(future.exception() or RuntimeError())
+                    self.host.reset(f"an earlier write failed: {future.exception()!r}")
+            return
         error = future.exception()
         if error is not None:
             for lock in locks:
@@ -207,13 +218,17 @@ class _Batches:
         conn = self.db.connection
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+            row = conn.execute(f"SELECT time_ms FROM {ALARM_TABLE}").fetchone()
+            self.host.alarm_changed(None if row is None else int(row[0]))
         reset = StorageError("the object was reset before its write was durable")
         for lock in (self.batch_lock, *self.pending):
             if lock is not None:
                 lock.fail(reset)
         self.batch_lock = None
         self.pending = []
-        if not self.flushing:
+        if self.flushing:
+            self.carry = self.host.output_gate.lock()
+        else:
             self.db.close()
 
 
@@ -409,7 +424,7 @@ class Storage:
         if isinstance(when, datetime):
             time_ms = round(when.timestamp() * 1000)
         elif isinstance(when, int | float) and not isinstance(when, bool):
-            if when != when or when in (float("inf"), float("-inf")):
+            if when != when or not -(2**63) <= when < 2**63:
                 raise StorageError(f"storage.{method}(): {when!r} is not a time")
             time_ms = round(when)
         else:
