@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 
 from opendo import App
+from opendo._wsnative import NativeWebSocketProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ROOT / "examples" / "chat"
@@ -46,14 +47,18 @@ class _Server(uvicorn.Server):
 
 
 @asynccontextmanager
-async def serve(app: App) -> AsyncIterator[str]:
-    """Serve ``app`` on a free port of 127.0.0.1; yields ``"127.0.0.1:PORT"``."""
+async def serve(app: App, ws: str = "native") -> AsyncIterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1; yields ``"127.0.0.1:PORT"``.
+
+    WebSockets go through opendo's own protocol (``ws="native"``, what the CLI runs) or
+    through the ASGI app (``ws="asgi"``, what a mounted app gets).
+    """
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
         http="httptools",
-        ws="websockets-sansio",
+        ws=NativeWebSocketProtocol if ws == "native" else "websockets-sansio",
         ws_per_message_deflate=False,
         lifespan="on",
         log_level="warning",

@@ -99,10 +99,10 @@ async def _close_all(clients: list[ClientConnection]) -> None:
         await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
 
 
-@pytest.fixture
-async def chat(tmp_path: Path) -> AsyncIterator[Chat]:
+@pytest.fixture(params=["native", "asgi"])
+async def chat(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Chat]:
     app = opendo.create_app(CHAT, persist_to=tmp_path)
-    async with serve(app) as addr:
+    async with serve(app, ws=request.param) as addr:
         state = Chat(app, addr)
         try:
             yield state

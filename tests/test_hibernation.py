@@ -275,11 +275,13 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-async def served(project: Path, tmp_path: Path) -> AsyncIterator[Served]:
+@pytest.fixture(params=["native", "asgi"])
+async def served(
+    project: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Served]:
     clock = FakeClock()
     app = create_app(project, persist_to=tmp_path / "state", clock=clock)
-    async with serve(app) as addr:
+    async with serve(app, ws=request.param) as addr:
         state = Served(app, addr, clock)
         try:
             yield state
