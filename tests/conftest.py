@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 
 from opendo import App
-from opendo._wsnative import NativeWebSocketProtocol
+from opendo._wsnative import HttpProtocol, NativeWebSocketProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ROOT / "examples" / "chat"
@@ -57,7 +57,7 @@ async def serve(app: App, ws: str = "native") -> AsyncIterator[str]:
         app,
         host="127.0.0.1",
         port=0,
-        http="httptools",
+        http=HttpProtocol if ws == "native" else "httptools",
         ws=NativeWebSocketProtocol if ws == "native" else "websockets-sansio",
         ws_per_message_deflate=False,
         lifespan="on",

@@ -20,7 +20,7 @@ from ._assets import Assets
 from ._clock import Clock
 from ._config import ConfigError, load_config
 from ._sqlite import SqliteDriver, StorageDriver
-from ._wsnative import NativeWebSocketProtocol
+from ._wsnative import HttpProtocol, NativeWebSocketProtocol
 
 __all__ = ["create_app", "serve"]
 
@@ -146,7 +146,7 @@ def serve(
         host=host,
         port=port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=HttpProtocol,
         ws=NativeWebSocketProtocol,
         ws_max_size=WS_MAX_SIZE,
         ws_per_message_deflate=False,

@@ -871,6 +871,10 @@ class SqlStorage:
         db = storage._db
         assert db is not None
         before = conn.total_changes
+        # DDL changes no rows; it changes the schema. Only then is it worth a flush (so a
+        # CREATE TABLE IF NOT EXISTS run by every constructor costs no fsync).
+        ddl = _DDL.search(query) is not None
+        schema = _schema_version(conn) if ddl else 0
         db.user_sql, db.refused, db.wrote = True, None, False
         try:
             cursor: sqlite3.Cursor | None = None
@@ -892,7 +896,9 @@ class SqlStorage:
         finally:
             db.user_sql = False
         written = conn.total_changes - before
-        if db.wrote or written:
+        if written or (
+            ddl and db.wrote and (_schema_version(conn) != schema or _STATS.search(query))
+        ):
             batches.wrote()
         return SqlCursor(columns, rows, written)
 
@@ -903,6 +909,14 @@ class SqlStorage:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int(pages) * int(size)
+
+
+_DDL = re.compile(r"\b(CREATE|DROP|ALTER|ANALYZE|REINDEX)\b", re.I)
+_STATS = re.compile(r"\b(ANALYZE|REINDEX)\b", re.I)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA schema_version").fetchone()[0])
 
 
 _RENAME_RESERVED = re.compile(r"\bRENAME\b.*\bTO\b\s*[\"'`\[]?_opendo_", re.I | re.S)

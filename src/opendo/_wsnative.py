@@ -29,6 +29,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.datastructures import Headers as WsHeaders
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
@@ -43,7 +45,7 @@ except ImportError:  # pragma: no cover - websockets built without its C helper
 from ._http import Headers, Request
 from ._websocket import WebSocket
 
-__all__ = ["NativeWebSocketProtocol"]
+__all__ = ["HttpProtocol", "NativeWebSocketProtocol"]
 
 log = logging.getLogger("opendo")
 
@@ -55,6 +57,7 @@ _HOP_BY_HOP = {"connection", "upgrade", "content-length", "transfer-encoding"}
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 _last_text: str | None = None  # frame-once cache for broadcasts
+_CACHE_FRAMES_UP_TO = 64 * 1024
 _last_frame = b""
 
 
@@ -72,7 +75,8 @@ def text_frame(text: str) -> bytes:
         return _last_frame
     payload = text.encode()
     frame = _header(0x80 | OP_TEXT, len(payload)) + payload
-    _last_text, _last_frame = text, frame
+    if len(frame) <= _CACHE_FRAMES_UP_TO:
+        _last_text, _last_frame = text, frame
     return frame
 
 
@@ -104,6 +108,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "_buffer",
         "_fragments",
         "_fragment_opcode",
+        "_fragment_size",
         "_close_sent",
         "_closed",
         "_close_timer",
@@ -129,6 +134,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self._buffer: bytearray | None = None
         self._fragments: list[bytes] | None = None
         self._fragment_opcode = 0
+        self._fragment_size = 0
         self._close_sent = False
         self._closed = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -161,8 +167,6 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
         self._closed_by_network(1006, "", clean=False)
 
     def eof_received(self) -> bool | None:
@@ -180,13 +184,20 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     async def _open(self, ws_request: WsRequest) -> None:
         handshake = self._handshake
         assert handshake is not None
+        accepted = handshake.accept(ws_request)
+        if accepted.status_code != 101:  # not a valid WebSocket handshake: the Worker is not asked
+            self._write_handshake(handshake, accepted)
+            self._close_transport()
+            return
         headers = Headers((k.lower(), v) for k, v in ws_request.headers.raw_items())
         host = headers.get("host") or "localhost"
         request = Request(f"http://{host}{ws_request.path}", method="GET", headers=headers)
         response = await self._app._ask_worker(request)
-        if self._transport is None or self._transport.is_closing():
-            return
         client = response.web_socket
+        if self._transport is None or self._transport.is_closing():
+            if client is not None:  # the client left while the Worker decided
+                client._network_closed(1006, "", False)
+            return
         if response.status != 101 or client is None:
             status = response.status if response.status != 101 else 500
             ws_response = WsResponse(
@@ -200,14 +211,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self._write_handshake(handshake, ws_response)
             self._close_transport()
             return
-        ws_response = handshake.accept(ws_request)
-        if ws_response.status_code != 101:
-            self._write_handshake(handshake, ws_response)
-            self._close_transport()
-            return
         for name, value in _pass_headers(response.headers.items()):
-            ws_response.headers[name] = value
-        self._write_handshake(handshake, ws_response)
+            accepted.headers[name] = value
+        self._write_handshake(handshake, accepted)
         self._handshake = None
         self._opening = None
         self._client = client
@@ -251,6 +257,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                 if end - pos < 10:
                     break
                 length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            opcode = b0 & 0x0F
+            if opcode & 0x8 and (not b0 & 0x80 or length > 125):
+                return self._fail(1002, "control frames must be whole and at most 125 bytes")
             if length > MAX_MESSAGE:
                 return self._fail(1009, "message too big")
             if end - head < 4 + length:
@@ -258,7 +267,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             mask = bytes(buf[head : head + 4])
             payload = apply_mask(bytes(buf[head + 4 : head + 4 + length]), mask)
             pos = head + 4 + length
-            self._frame(b0 & 0x80, b0 & 0x0F, payload)
+            self._frame(b0 & 0x80, opcode, payload)
         if self._closed:
             self._buffer = None
         elif pos == end:
@@ -273,19 +282,19 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             if fin:
                 return self._message(opcode, payload)
             self._fragments, self._fragment_opcode = [payload], opcode
+            self._fragment_size = len(payload)
         elif opcode == OP_CONT:
             fragments = self._fragments
             if fragments is None:
                 return self._fail(1002, "unexpected continuation frame")
             fragments.append(payload)
-            if sum(map(len, fragments)) > MAX_MESSAGE:
+            self._fragment_size += len(payload)
+            if self._fragment_size > MAX_MESSAGE:
                 return self._fail(1009, "message too big")
             if fin:
                 self._fragments = None
                 self._message(self._fragment_opcode, b"".join(fragments))
         elif opcode == OP_PING:
-            if not fin or len(payload) > 125:
-                return self._fail(1002, "bad ping frame")
             self._write(_header(0x80 | OP_PONG, len(payload)) + payload)
         elif opcode == OP_PONG:
             pass
@@ -314,7 +323,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         reason = ""
         if payload:
             code = int.from_bytes(payload[:2], "big")
-            if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015):
+            if not (1000 <= code <= 1014 or 3000 <= code <= 4999) or code in (1004, 1005, 1006):
                 return self._fail(1002, "bad close code")
             try:
                 reason = payload[2:].decode()
@@ -376,3 +385,28 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
 def _pass_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in items if k.lower() not in _HOP_BY_HOP]
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, passing on what follows an upgrade request.
+
+    A client may send its first frames in the same packet as the handshake; uvicorn hands
+    the WebSocket protocol only the request itself, and the frames would be lost.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's method, plus the two lines that pass on what follows the request.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+                if upgrade.args and upgrade.args[0] < len(data):
+                    self.transport.get_protocol().data_received(data[upgrade.args[0] :])  # type: ignore[attr-defined]
+            else:
+                self._unsupported_upgrade_warning()
