@@ -42,7 +42,7 @@ touch "$OUT"
 
 start_workdir
 if want workerd; then start_workerd_peer; fi
-if want opendo; then start_opendo dev examples/chat --no-reload; fi
+if want opendo; then start_opendo dev examples/chat --no-reload --env bench; fi
 
 # --- load -------------------------------------------------------------------------------------
 chat() { # LABEL ROOMS CLIENTS SENDERS MESSAGES

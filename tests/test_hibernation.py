@@ -651,19 +651,56 @@ async def test_a_reset_keeps_hibernatable_sockets_and_closes_standard_ones_with_
 # -- the chat example ---------------------------------------------------------------------------
 
 
+def chat_user(id: int, name: str | None = None) -> dict[str, Any]:
+    return {"id": id, "name": name}
+
+
+def chat_said(frame: dict[str, Any]) -> tuple[int, str, str | None]:
+    """A chat message frame (checked to be one) as (from, text, name)."""
+    assert set(frame) == {"from", "text", "name", "at"} and type(frame["at"]) is int, frame
+    return frame["from"], frame["text"], frame["name"]
+
+
 @dataclass
 class ChatRoom:
+    """The chat example served with a FakeClock; ``join`` checks the three frames that open a
+    connection and the ``join`` announced to everyone the test knows to be in the room."""
+
     app: opendo.App
     addr: str
     clock: FakeClock
     clients: list[ClientConnection] = field(default_factory=list)
+    members: dict[int, ClientConnection] = field(default_factory=dict)  # of the one room
+    names: dict[int, str | None] = field(default_factory=dict)
+    greetings: dict[int, tuple[list[Any], dict[str, Any]]] = field(default_factory=dict)
 
     async def join(self, room: str) -> tuple[ClientConnection, int]:
         ws = await open_ws(self.addr, f"/{room}")
         self.clients.append(ws)
-        first = json.loads(await recv(ws))
+        first, history, presence = [json.loads(await recv(ws)) for _ in range(3)]
         assert set(first) == {"id"}, first
-        return ws, first["id"]
+        id = first["id"]
+        assert set(history) == {"type", "messages"} and history["type"] == "history", history
+        self.names[id] = None
+        everyone = sorted([*self.members, id])
+        assert presence == {
+            "type": "presence",
+            "users": [chat_user(i, self.names[i]) for i in everyone],
+            "count": len(everyone),
+        }
+        for other in self.members.values():
+            assert json.loads(await recv(other)) == {"type": "join", "user": chat_user(id)}
+        self.members[id] = ws
+        self.greetings[id] = (history["messages"], presence)
+        return ws, id
+
+    async def say(self, id: int, text: str) -> dict[str, Any]:
+        """Member ``id`` sends ``text``: everyone gets the same message frame (returned)."""
+        await self.members[id].send(json.dumps({"text": text}))
+        frames = [json.loads(await recv(ws)) for ws in self.members.values()]
+        assert chat_said(frames[0]) == (id, text, self.names[id])
+        assert all(frame == frames[0] for frame in frames), frames
+        return frames[0]
 
     def host(self, room: str) -> ObjectHost:
         hosts = [h for h in self.app.runtime.live_hosts() if h.id.name == room]
@@ -676,6 +713,14 @@ class ChatRoom:
             for ws in self.host(room)._hibernatable
             if ws.ready_state is not ReadyState.CLOSED
         ]
+
+    async def hibernate(self, room: str) -> ObjectHost:
+        """Let the room's object hibernate: idle, then past the 10 s hibernation timeout."""
+        host = self.host(room)
+        await wait_for(host.is_idle)
+        self.clock.advance(10.1)
+        assert host.state is Lifecycle.HIBERNATED and host.instance is None
+        return host
 
 
 @pytest.fixture
@@ -702,18 +747,19 @@ async def test_the_chat_keeps_talking_across_hibernation(chat: ChatRoom) -> None
 
     (speaker, speaker_id), *_ = joined
     await speaker.send(json.dumps({"from": speaker_id, "text": "after the nap"}))
-    for ws, _ in joined:
-        assert json.loads(await recv(ws)) == {"from": speaker_id, "text": "after the nap"}
+    frames = [json.loads(await recv(ws)) for ws, _ in joined]
+    assert chat_said(frames[0]) == (speaker_id, "after the nap", None)
+    assert all(frame == frames[0] for frame in frames)
     assert host.constructions == 2
 
-    newcomer, new_id = await chat.join("lobby")
+    newcomer, new_id = await chat.join("lobby")  # the others are told (checked by join)
     assert new_id == 4  # the counter lives in storage: ids continue
     assert chat.attached_ids("lobby") == [1, 2, 3, 4]
+    assert chat.greetings[new_id][0] == frames[:1]  # so does the history
 
     # The newcomer hears the others, and they hear it.
-    await newcomer.send(json.dumps({"from": new_id, "text": "hello"}))
-    for ws in [w for w, _ in joined] + [newcomer]:
-        assert json.loads(await recv(ws)) == {"from": 4, "text": "hello"}
+    await chat.say(new_id, "hello")
+    await chat.say(2, "welcome")
     await assert_silent(*(w for w, _ in joined), newcomer)
 
 
@@ -723,20 +769,56 @@ async def test_a_join_wakes_a_hibernated_chat(chat: ChatRoom) -> None:
     await wait_for(host.is_idle)
     host.evict()
     assert host.state is Lifecycle.HIBERNATED
-    second, second_id = await chat.join("lobby")
+    second, second_id = await chat.join("lobby")  # first is told, by the woken object
     assert second_id == 2 and host.constructions == 2
     await second.send(json.dumps({"from": 2, "text": "hi"}))
     for ws in (first, second):
-        assert json.loads(await recv(ws)) == {"from": 2, "text": "hi"}
+        assert chat_said(json.loads(await recv(ws))) == (2, "hi", None)
 
 
 async def test_the_chat_hibernates_on_its_own_after_hibernation_timeout(chat: ChatRoom) -> None:
     joined = [await chat.join("lobby") for _ in range(2)]
-    host = chat.host("lobby")
-    await wait_for(host.is_idle)
-    chat.clock.advance(10.1)
-    assert host.state is Lifecycle.HIBERNATED
+    await chat.hibernate("lobby")
     (speaker, speaker_id), _ = joined
     await speaker.send(json.dumps({"from": speaker_id, "text": "x"}))
     for ws, _ in joined:
-        assert json.loads(await recv(ws)) == {"from": speaker_id, "text": "x"}
+        assert chat_said(json.loads(await recv(ws))) == (speaker_id, "x", None)
+
+
+async def test_a_chat_name_and_history_survive_hibernation(chat: ChatRoom) -> None:
+    """Names live in the sockets' attachments, the history in SQL: neither is lost when the
+    room's object leaves memory (moved past the hibernation timeout by the fake clock)."""
+    a, a_id = await chat.join("lobby")
+    b, b_id = await chat.join("lobby")
+    await a.send(json.dumps({"type": "name", "name": "Ada"}))
+    chat.names[a_id] = "Ada"
+    for ws in (a, b):
+        assert json.loads(await recv(ws)) == {"type": "rename", "user": chat_user(a_id, "Ada")}
+    sent = [await chat.say(a_id, "before the nap")]
+
+    host = await chat.hibernate("lobby")
+    assert host.constructions == 1
+    sent.append(await chat.say(a_id, "after the nap"))  # still "Ada"
+    assert sent[-1]["name"] == "Ada"
+    assert host.constructions == 2
+
+    await a.send(json.dumps({"type": "name", "name": "Ada L."}))  # renamed while awake...
+    chat.names[a_id] = "Ada L."
+    for ws in (a, b):
+        assert json.loads(await recv(ws)) == {"type": "rename", "user": chat_user(a_id, "Ada L.")}
+    await chat.hibernate("lobby")
+    c, c_id = await chat.join("lobby")  # ...the newcomer's presence has it; history too
+    history, presence = chat.greetings[c_id]
+    assert presence["users"] == [chat_user(a_id, "Ada L."), chat_user(b_id), chat_user(c_id)]
+    assert history == sent
+    assert host.constructions == 3
+
+    await b.send(json.dumps({"type": "name", "name": "Bo"}))
+    for ws in (a, b, c):
+        assert json.loads(await recv(ws)) == {"type": "rename", "user": chat_user(b_id, "Bo")}
+    await chat.hibernate("lobby")
+    await b.close()  # the close wakes the object, which announces the leave with the name
+    for ws in (a, c):
+        assert json.loads(await recv(ws)) == {"type": "leave", "user": chat_user(b_id, "Bo")}
+    assert host.constructions == 4
+    await assert_silent(a, c)

@@ -1,21 +1,41 @@
-"""The tutorial's chat app on opendo.
+"""The chat example: the tutorial's app, grown into a chat people can use.
 
-Every connection to /<room> reaches the one Chat object of that room. The object hands each
-WebSocket an auto-incrementing id ({"id": n}) and broadcasts every {"from", "text"} message
-to everyone in the room, sender included.
+Every connection to /<room> reaches the one Chat object of that room. The tutorial's frames
+still work as they did — the first frame is {"id": n}, and a {"from", "text"} message reaches
+everyone, sender included — and the room now also keeps its history, knows who is there by
+name, refuses bad frames with an error frame, and limits how fast one client may talk. The
+protocol is in README.md beside this file.
 
-The sockets are accepted with the hibernation API: when the room is idle, the object is
-evicted from memory while its clients stay connected, and the next message brings it back.
-So nothing lives in instance attributes: the counter is in storage, and each client's id is
-in its socket's attachment.
+Sockets are accepted with the hibernation API: an idle room leaves memory while its clients
+stay connected. So nothing lasting lives in instance attributes: the id counter and the
+history are in storage, and each client's id and name are in its socket's attachment.
 """
 
 import json
+import time
+import unicodedata
+import weakref
 
-from opendo import DurableObject, Request, Response, WebSocketPair, WorkerEntrypoint
+from opendo import DurableObject, Request, Response, WebSocket, WebSocketPair, WorkerEntrypoint
+
+HISTORY = 100  # messages kept and sent to a client that joins
+MAX_FRAME = 4096  # bytes in one frame from a client
+MAX_NAME = 32  # characters in a display name
+BURST = 10  # rate limit: a bucket of 10 messages, refilled at [vars] MESSAGES_PER_SECOND
+ANNOUNCE_UP_TO = 256  # larger rooms don't announce every join and leave
 
 
 class Chat(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.sql = ctx.storage.sql
+        self.sql.exec(
+            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "sender INTEGER NOT NULL, name TEXT, text TEXT NOT NULL, at INTEGER NOT NULL)"
+        )
+        self.buckets = weakref.WeakKeyDictionary()  # socket -> (tokens, when); memory only
+        self.per_second = float(env.get("MESSAGES_PER_SECOND", 2))  # 0: no limit
+
     async def fetch(self, request: Request) -> Response:
         if request.headers.get("Upgrade") != "websocket":
             return Response("Expected upgrade: websocket", status=426)
@@ -27,23 +47,132 @@ class Chat(DurableObject):
 
         client, server = WebSocketPair()
         self.ctx.accept_websocket(server)
-        server.serialize_attachment({"id": id})
+        user = {"id": id, "name": None}
+        server.serialize_attachment(user)
 
-        # Let the client know its id, then hand the other end back to it.
-        server.send(json.dumps({"id": id}))
+        send(server, {"id": id})  # the tutorial's greeting: your id
+        send(server, {"type": "history", "messages": self.history()})
+        everyone = self.ctx.get_websockets()
+        others = [ws for ws in everyone if ws is not server]
+        send(server, {"type": "presence", "users": users(everyone), "count": len(everyone)})
+        if len(others) < ANNOUNCE_UP_TO:
+            broadcast(others, {"type": "join", "user": user})
         return Response(status=101, web_socket=client)
 
-    async def web_socket_message(self, ws, message: str | bytes) -> None:
+    async def web_socket_message(self, ws: WebSocket, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            return refuse(ws, "binary", "binary frames are not accepted: send JSON text")
+        if len(message) > MAX_FRAME or len(message.encode()) > MAX_FRAME:
+            return refuse(ws, "too_large", f"a frame may be at most {MAX_FRAME} bytes")
         try:
             data = json.loads(message)
-            frame = json.dumps({"from": data["from"], "text": data["text"]}, allow_nan=False)
-        except (ValueError, TypeError, KeyError, RecursionError):
-            return  # not a {"from", "text"} message: ignore it
-        for session in self.ctx.get_websockets():
-            session.send(frame)
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            return refuse(ws, "bad_json", 'expected a JSON object, like {"text": "hi"}')
 
-    async def web_socket_close(self, ws, code: int, reason: str, was_clean: bool) -> None:
-        pass  # the closing handshake is completed for us; nothing to clean up
+        kind = data.get("type", "message")
+        if kind == "message":
+            self.post(ws, data.get("text"))
+        elif kind == "name":
+            self.rename(ws, data.get("name"))
+        else:
+            refuse(ws, "unknown_type", f"unknown frame type {str(kind)[:40]!r}")
+
+    async def web_socket_close(self, ws: WebSocket, code: int, reason: str, was_clean: bool):
+        others = self.ctx.get_websockets()  # without the one that left
+        if len(others) < ANNOUNCE_UP_TO:
+            broadcast(others, {"type": "leave", "user": ws.deserialize_attachment()})
+
+    async def web_socket_error(self, ws: WebSocket, error: Exception) -> None:
+        pass  # a lost connection: web_socket_close follows and announces it
+
+    def post(self, ws: WebSocket, text) -> None:
+        if not isinstance(text, str):
+            return refuse(ws, "missing_text", 'a message needs a "text" string')
+        if not text.strip():
+            return refuse(ws, "empty_text", "a message cannot be empty")
+        if not encodable(text):
+            return refuse(ws, "bad_json", "the text is not valid Unicode")
+        if self.per_second and not self.allow(ws):
+            return refuse(
+                ws, "rate_limited", f"slow down: at most {self.per_second:g} messages a second"
+            )
+        user = ws.deserialize_attachment()
+        at = int(time.time() * 1000)
+        self.sql.exec(
+            "INSERT INTO messages (sender, name, text, at) VALUES (?, ?, ?, ?)",
+            user["id"],
+            user["name"],
+            text,
+            at,
+        )
+        self.sql.exec(
+            "DELETE FROM messages WHERE seq <= (SELECT seq FROM messages ORDER BY seq DESC "
+            "LIMIT 1 OFFSET ?)",
+            HISTORY,
+        )
+        frame = {"from": user["id"], "text": text, "name": user["name"], "at": at}
+        broadcast(self.ctx.get_websockets(), frame)
+
+    def rename(self, ws: WebSocket, name) -> None:
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME:
+            return refuse(ws, "bad_name", f"a name has 1 to {MAX_NAME} characters")
+        name = name.strip()
+        if not encodable(name) or any(unicodedata.category(c) == "Cc" for c in name):
+            return refuse(ws, "bad_name", "a name cannot hold control characters")
+        user = ws.deserialize_attachment()
+        user["name"] = name
+        ws.serialize_attachment(user)
+        broadcast(self.ctx.get_websockets(), {"type": "rename", "user": user})
+
+    def allow(self, ws: WebSocket) -> bool:
+        now = time.monotonic()
+        tokens, then = self.buckets.get(ws, (BURST, now))
+        tokens = min(BURST, tokens + (now - then) * self.per_second)
+        if tokens < 1:
+            self.buckets[ws] = (tokens, now)
+            return False
+        self.buckets[ws] = (tokens - 1, now)
+        return True
+
+    def history(self) -> list[dict]:
+        rows = self.sql.exec(
+            "SELECT sender, name, text, at FROM messages ORDER BY seq DESC LIMIT ?", HISTORY
+        )
+        return [
+            {"from": r["sender"], "name": r["name"], "text": r["text"], "at": r["at"]}
+            for r in reversed(list(rows))
+        ]
+
+
+def users(sockets: list[WebSocket]) -> list[dict]:
+    """The first members, by id (sockets come in the order they joined)."""
+    first = [ws.deserialize_attachment() for ws in sockets[:ANNOUNCE_UP_TO]]
+    return sorted(first, key=lambda user: user["id"])
+
+
+def encodable(text: str) -> bool:
+    """False for text JSON can carry but UTF-8 cannot (lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def send(ws: WebSocket, frame: dict) -> None:
+    ws.send(json.dumps(frame))
+
+
+def broadcast(sockets: list[WebSocket], frame: dict) -> None:
+    text = json.dumps(frame)  # one str for everyone: opendo frames it once
+    for ws in sockets:
+        ws.send(text)
+
+
+def refuse(ws: WebSocket, code: str, message: str) -> None:
+    send(ws, {"type": "error", "error": code, "message": message})
 
 
 class Default(WorkerEntrypoint):
