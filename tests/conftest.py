@@ -21,7 +21,7 @@ from typing import IO, Any
 import pytest
 import uvicorn
 
-from opendo import App
+from opendo import App, MemoryDriver, SqliteDriver, StorageDriver
 from opendo._wsnative import HttpProtocol, NativeWebSocketProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,3 +249,22 @@ def run_opendo(*args: str | Path, stderr_log: Path | None = None) -> Iterator[Op
         yield process
     finally:
         process.close()
+
+
+# -- storage drivers: every storage test runs over each of them -----------------------------
+
+DRIVERS = ["sqlite", "memory"]
+
+
+@pytest.fixture(params=DRIVERS)
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    if request.param == "sqlite":
+        return SqliteDriver(tmp_path / "data")
+    return MemoryDriver()
+
+
+def reopen(driver: StorageDriver) -> StorageDriver:
+    """A driver over the same data, as a restarted process would build it."""
+    if isinstance(driver, SqliteDriver):
+        return SqliteDriver(driver.directory)
+    return driver  # a MemoryDriver keeps its databases for as long as it lives

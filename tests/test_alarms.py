@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_opendo, wait_for
+from conftest import reopen, run_opendo, wait_for
 
 from opendo import (
     AlarmInfo,
@@ -138,20 +138,6 @@ class NoHandler(DurableObject):
 def _fresh_probe() -> None:
     global probe
     probe = Probe()
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
-    if request.param == "sqlite":
-        return SqliteDriver(tmp_path / "data")
-    return MemoryDriver()
-
-
-def reopen(driver: StorageDriver) -> StorageDriver:
-    """A driver over the same data, as a restarted process builds it."""
-    if isinstance(driver, SqliteDriver):
-        return SqliteDriver(driver.directory)
-    return driver  # a MemoryDriver keeps its databases while it lives
 
 
 def make_runtime(

@@ -21,16 +21,15 @@ import math
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import reopen
 
 from opendo import (
     CodecError,
     DurableObject,
     DurableObjectError,
-    MemoryDriver,
     Runtime,
     SqlError,
     SqliteDriver,
@@ -79,22 +78,6 @@ class Thing:
 
 
 # -- fixtures -------------------------------------------------------------------------------
-
-DRIVERS = ["sqlite", "memory"]
-
-
-@pytest.fixture(params=DRIVERS)
-def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
-    if request.param == "sqlite":
-        return SqliteDriver(tmp_path / "data")
-    return MemoryDriver()
-
-
-def reopen(driver: StorageDriver) -> StorageDriver:
-    """A driver over the same data, as a restarted process would build it."""
-    if isinstance(driver, SqliteDriver):
-        return SqliteDriver(driver.directory)
-    return driver  # a MemoryDriver keeps its databases for as long as it lives
 
 
 def make_runtime(driver: StorageDriver) -> Runtime:

@@ -384,14 +384,7 @@ class ObjectHost:
         self._maybe_idle()
 
     def is_idle(self) -> bool:
-        return (
-            self._running == 0
-            and not self._queue
-            and not self._sockets
-            and not self._background
-            and self.input_gate.is_open
-            and self.output_gate.is_clear
-        )
+        return self._only_waiting_for_output() and self.output_gate.is_clear
 
     def _maybe_idle(self) -> None:
         if self.state is Lifecycle.EVICTED or self._idle_timer is not None:
