@@ -119,3 +119,205 @@ def serve(
 ) -> None:
     """Run PROJECT in production (no reloading)."""
     _run(project, port, ip, persist_to, env, False, log_level)
+
+
+# -- opendo objects ---------------------------------------------------------------------------
+
+
+@main.group()
+def objects() -> None:
+    """List, inspect, export, import and delete the objects of a project's storage."""
+
+
+def _admin_options(f: F) -> F:
+    f = click.option(
+        "--namespace",
+        "namespace",
+        default=None,
+        help="A binding (e.g. CHAT) or class (e.g. Chat) to limit to.",
+    )(f)
+    f = click.option(
+        "--persist-to",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The storage directory. Default: PROJECT/.opendo/state.",
+    )(f)
+    f = click.option(
+        "--project",
+        type=click.Path(path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help="The project directory (its opendo.toml maps bindings to classes).",
+    )(f)
+    return f
+
+
+def _where(
+    project: Path, persist_to: Path | None, namespace: str | None
+) -> tuple[Path, str | None]:
+    class_name = namespace
+    try:
+        config = load_config(project)
+    except ConfigError:
+        config = None
+    if config is not None and namespace is not None:
+        for binding in config.bindings:
+            if namespace == binding.name:
+                class_name = binding.class_name
+    root = config.root if config is not None else project
+    return (persist_to or root / ".opendo" / "state"), class_name
+
+
+def _admin(action: Callable[[], None]) -> None:
+    from ._admin import AdminError
+    from ._sqlite import ObjectInUseError
+
+    try:
+        action()
+    except (AdminError, ObjectInUseError) as exc:
+        click.echo(f"opendo: {exc}", err=True)
+        sys.exit(1)
+
+
+@objects.command("list")
+@_admin_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def objects_list(
+    project: Path, persist_to: Path | None, namespace: str | None, as_json: bool
+) -> None:
+    """Every stored object: class, id, the name it was made from, size, alarm."""
+    import json
+
+    from ._admin import objects as stored
+
+    persist, class_name = _where(project, persist_to, namespace)
+    rows = list(stored(persist, class_name))
+    if as_json:
+        for o in rows:
+            record = {
+                "class": o.class_name,
+                "id": o.id,
+                "name": o.name,
+                "size": o.size,
+                "alarm": o.alarm,
+            }
+            click.echo(json.dumps(record))
+        return
+    if not rows:
+        click.echo(f"no objects under {persist}")
+        return
+    click.echo(f"{'CLASS':<12} {'ID':<64} {'SIZE':>9}  {'ALARM':<25} NAME")
+    for o in rows:
+        click.echo(
+            f"{o.class_name:<12} {o.id:<64} {o.size:>9}  {o.alarm or '-':<25} "
+            f"{'-' if o.name is None else o.name}"
+        )
+
+
+@objects.command("show")
+@click.argument("ref")
+@_admin_options
+def objects_show(ref: str, project: Path, persist_to: Path | None, namespace: str | None) -> None:
+    """Keys and values, SQL tables with row counts, of object REF (an id or a name)."""
+    from ._admin import find, show
+
+    def run() -> None:
+        persist, class_name = _where(project, persist_to, namespace)
+        info = show(find(persist, ref, class_name))
+        click.echo(f"{info['class']} {info['id']}")
+        click.echo(f"  name:  {info['name'] if info['name'] is not None else '-'}")
+        click.echo(f"  size:  {info['size']} bytes")
+        click.echo(f"  alarm: {info['alarm'] or '-'}")
+        click.echo(f"  keys ({len(info['kv'])}):")
+        for key, value in info["kv"].items():
+            click.echo(f"    {key!r}: {value!r:.200}")
+        click.echo(f"  tables ({len(info['tables'])}):")
+        for table, count in info["tables"].items():
+            click.echo(f"    {table}: {count} rows")
+
+    _admin(run)
+
+
+@objects.command("export")
+@click.argument("ref")
+@_admin_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the SQLite file. Default: ./<id>.sqlite",
+)
+def objects_export(
+    ref: str, project: Path, persist_to: Path | None, namespace: str | None, output: Path | None
+) -> None:
+    """Write object REF's storage to one SQLite file (safe while the server runs)."""
+    from ._admin import export, find
+
+    def run() -> None:
+        persist, class_name = _where(project, persist_to, namespace)
+        info = find(persist, ref, class_name)
+        target = output or Path(f"{info.id}.sqlite")
+        export(info, target)
+        click.echo(f"exported {info.class_name} {info.id} to {target}")
+
+    _admin(run)
+
+
+@objects.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_admin_options
+@click.option("--id", "id_", default=None, help="The object's id (64 hex digits).")
+@click.option("--name", default=None, help="Or the name its id is made from.")
+@click.option("--replace", is_flag=True, help="Overwrite the object if it exists.")
+def objects_import(
+    file: Path,
+    project: Path,
+    persist_to: Path | None,
+    namespace: str | None,
+    id_: str | None,
+    name: str | None,
+    replace: bool,
+) -> None:
+    """Put an exported FILE in place as an object of --namespace (refused while held)."""
+    from ._admin import AdminError, import_
+    from ._ids import NamespaceKey
+
+    def run() -> None:
+        persist, class_name = _where(project, persist_to, namespace)
+        if class_name is None:
+            raise AdminError("give --namespace: the binding or class the object belongs to")
+        if (id_ is None) == (name is None):
+            raise AdminError("give either --id or --name")
+        key = NamespaceKey(class_name)
+        try:
+            object_id = key.from_string(id_) if id_ is not None else key.from_name(name or "")
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+        target = import_(persist, class_name, str(object_id), name, file, replace=replace)
+        click.echo(f"imported {file} as {class_name} {object_id} ({target})")
+
+    _admin(run)
+
+
+@objects.command("delete")
+@click.argument("ref")
+@_admin_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def objects_delete(
+    ref: str, project: Path, persist_to: Path | None, namespace: str | None, yes: bool
+) -> None:
+    """Delete object REF's storage (refused while a running server holds it)."""
+    from ._admin import delete, find
+
+    def run() -> None:
+        persist, class_name = _where(project, persist_to, namespace)
+        info = find(persist, ref, class_name)
+        label = f"{info.class_name} {info.id}" + (f" ({info.name})" if info.name else "")
+        if not yes and not click.confirm(f"delete {label}?", default=False):
+            click.echo("nothing deleted")
+            return
+        delete(info)
+        click.echo(f"deleted {label}")
+
+    _admin(run)

@@ -21,6 +21,7 @@ code, where durability is not the point).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -99,12 +100,18 @@ class ObjectDatabase:
         self.wrote = False
         self._synced_once = path is None
         self._wal_fd: int | None = None
+        # Held while this process has the object open: a second server, or an admin command
+        # that would write, finds it taken (see hold()).
+        self._held = path is not None
+        if path is not None:
+            hold(path)
         target = str(path) if path is not None else ":memory:"
         conn = sqlite3.connect(
             target, isolation_level=None, check_same_thread=False, cached_statements=256
         )
         self.connection = conn
         try:
+            conn.execute("PRAGMA busy_timeout = 5000")
             if path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -118,6 +125,8 @@ class ObjectDatabase:
             conn.set_authorizer(self._authorize)
         except BaseException:
             conn.close()
+            if path is not None:
+                release(path)
             raise
 
     def _authorize(
@@ -170,6 +179,50 @@ class ObjectDatabase:
             os.close(self._wal_fd)
             self._wal_fd = None
         self.connection.close()
+        if self._held and self.path is not None:
+            self._held = False
+            release(self.path)
+
+
+class ObjectInUseError(Exception):
+    """Another process holds this object's database (a running server)."""
+
+
+_holds: dict[str, tuple[int, int]] = {}  # path -> (fd, how many opens in this process)
+
+
+def hold(path: Path) -> None:
+    """Hold an object's database file for this process, or raise ObjectInUseError.
+
+    An advisory ``flock`` on the database file itself (SQLite's own locks are POSIX record
+    locks, which ``flock`` does not touch), shared by every open of the file in this process
+    (an instance reset while its last flush runs and the next one overlap). The operating
+    system drops it when the process dies, so a crashed server never leaves an object held.
+    """
+    key = str(path)
+    if key in _holds:
+        fd, count = _holds[key]
+        _holds[key] = (fd, count + 1)
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ObjectInUseError(
+            f"{path} is held by another process (a running opendo server?)"
+        ) from None
+    _holds[key] = (fd, 1)
+
+
+def release(path: Path) -> None:
+    key = str(path)
+    fd, count = _holds[key]
+    if count > 1:
+        _holds[key] = (fd, count - 1)
+    else:
+        del _holds[key]
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
