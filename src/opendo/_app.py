@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import importlib.util
 import logging
 import random
@@ -303,10 +304,16 @@ def _finish_alarm(instance: DurableObject, due: int) -> None:
 
 
 def import_main(path: Path) -> ModuleType:
-    """Import the project's main module from its file (its folder goes on ``sys.path``)."""
+    """Import the project's main module from its file (its folder goes on ``sys.path``).
+
+    ``import workers`` in it finds ``opendo.workers``, the names of Cloudflare's Python
+    Workers, as the Cloudflare runtime provides that module to the Workers it runs.
+    """
     root = str(path.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
+    if "workers" not in sys.modules:
+        sys.modules["workers"] = importlib.import_module("opendo.workers")
     name = "_opendo_main_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -1,0 +1,1 @@
+"""Cloudflare Python Workers compatibility: ``from workers import DurableObject, …``."""
