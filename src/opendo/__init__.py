@@ -18,6 +18,7 @@ from ._errors import DurableObjectError, DurableObjectResetError
 from ._gates import GateBrokenError, InputGate, OutputGate
 from ._http import Headers, Request, Response
 from ._ids import DurableObjectId
+from ._migrations import MigrationError
 from ._namespace import DurableObjectNamespace, DurableObjectStub
 from ._runtime import DurableObjectState
 from ._server import create_app
@@ -59,6 +60,7 @@ __all__ = [
     "LoopClock",
     "MemoryDriver",
     "MessageEvent",
+    "MigrationError",
     "OutputGate",
     "ReadyState",
     "Request",

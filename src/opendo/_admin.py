@@ -18,9 +18,28 @@ from typing import Any
 
 from ._codec import decode
 from ._ids import NamespaceKey
-from ._sqlite import ALARM_TABLE, KV_TABLE, META_TABLE, RUNTIME_TABLES, hold, release
+from ._migrations import MigrationError
+from ._sqlite import (
+    ALARM_TABLE,
+    KV_TABLE,
+    META_TABLE,
+    RUNTIME_TABLES,
+    hold,
+    read_migrations,
+    release,
+)
 
-__all__ = ["AdminError", "ObjectInfo", "delete", "export", "find", "import_", "objects", "show"]
+__all__ = [
+    "AdminError",
+    "ObjectInfo",
+    "delete",
+    "export",
+    "find",
+    "import_",
+    "namespace_key",
+    "objects",
+    "show",
+]
 
 
 class AdminError(Exception):
@@ -63,6 +82,15 @@ def _info(class_name: str, path: Path) -> ObjectInfo:
     return ObjectInfo(class_name, path.stem, name, size, alarm, path)
 
 
+def namespace_key(persist: Path, class_name: str) -> NamespaceKey:
+    """The key of the class's ids: from its label, which migrations keep through renames."""
+    try:
+        labels = read_migrations(persist).labels
+    except MigrationError as exc:
+        raise AdminError(str(exc)) from None
+    return NamespaceKey(labels.get(class_name, class_name))
+
+
 def objects(persist: Path, class_name: str | None = None) -> Iterator[ObjectInfo]:
     """Every object stored under ``persist`` (of one class, if given), by class then id."""
     if not persist.is_dir():
@@ -89,7 +117,7 @@ def find(persist: Path, ref: str, class_name: str | None) -> ObjectInfo:
     classes = [class_name] if class_name else sorted({o.class_name for o in objects(persist)})
     found = []
     for cls in classes:
-        path = persist / cls / f"{NamespaceKey(cls).from_name(ref)}.sqlite"
+        path = persist / cls / f"{namespace_key(persist, cls).from_name(ref)}.sqlite"
         if path.exists():
             found.append(_info(cls, path))
     if not found:

@@ -21,6 +21,7 @@ from ._clock import Clock, LoopClock
 from ._config import Config, ConfigError
 from ._http import Request, Response
 from ._ids import DurableObjectId
+from ._migrations import apply as apply_migrations
 from ._namespace import DurableObjectNamespace
 from ._runtime import ObjectHost
 from ._sqlite import MemoryDriver, StorageDriver
@@ -52,6 +53,7 @@ class Runtime:
         hibernation_timeout: float = 10.0,
         storage: StorageDriver | None = None,
         rng: random.Random | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.worker = worker
         self.rng = rng if rng is not None else random.Random()
@@ -64,7 +66,8 @@ class Runtime:
         for binding, cls in (bindings or {}).items():
             if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
                 raise TypeError(f"binding {binding!r}: {cls!r} is not a DurableObject subclass")
-            namespaces[binding] = DurableObjectNamespace(self, binding, cls)
+            label = (labels or {}).get(cls.__name__, cls.__name__)
+            namespaces[binding] = DurableObjectNamespace(self, binding, cls, label)
         self.namespaces = namespaces
         self._by_class = {ns.object_class.__name__: ns for ns in namespaces.values()}
         self.env = Env({**(vars or {}), **namespaces})
@@ -75,7 +78,8 @@ class Runtime:
     def from_config(
         cls, config: Config, *, clock: Clock | None = None, storage: StorageDriver | None = None
     ) -> Runtime:
-        """Import the project's main module and bind its classes as the config says."""
+        """Import the project's main module, bind its classes as the config says, and apply
+        the config's pending migrations to the storage."""
         module = import_main(config.main)
         worker = _find_worker(module, config)
         bindings: dict[str, type[DurableObject]] = {}
@@ -93,6 +97,9 @@ class Runtime:
                     "opendo.DurableObject"
                 )
             bindings[binding.name] = obj
+        if storage is None:
+            storage = MemoryDriver()
+        labels = apply_migrations(storage, config.migrations)
         return cls(
             worker=worker,
             bindings=bindings,
@@ -101,6 +108,7 @@ class Runtime:
             idle_timeout=config.idle_timeout,
             hibernation_timeout=config.hibernation_timeout,
             storage=storage,
+            labels=labels,
         )
 
     # -- requests ---------------------------------------------------------------------------

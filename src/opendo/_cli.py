@@ -11,6 +11,8 @@ import click
 
 from ._app import Runtime
 from ._config import ConfigError, load_config
+from ._migrations import MigrationError, pending
+from ._sqlite import read_migrations
 
 __all__ = ["main"]
 
@@ -35,6 +37,8 @@ def _run(
     try:
         config = load_config(project, env)
         Runtime.from_config(config)  # import the Worker module: fail now, and clearly
+        persist = (persist_to or config.root / ".opendo" / "state").resolve()
+        pending(config.migrations, read_migrations(persist))  # and these, in the server
         serve(
             config.root,
             host=ip or config.dev_ip or "127.0.0.1",
@@ -42,11 +46,11 @@ def _run(
             if port is not None
             else (8787 if config.dev_port is None else config.dev_port),
             env=env,
-            persist_to=(persist_to or config.root / ".opendo" / "state").resolve(),
+            persist_to=persist,
             reload=reload,
             log_level=log_level,
         )
-    except ConfigError as exc:
+    except (ConfigError, MigrationError) as exc:
         click.echo(f"opendo: {exc}", err=True)
         sys.exit(2)
 
@@ -280,8 +284,7 @@ def objects_import(
     replace: bool,
 ) -> None:
     """Put an exported FILE in place as an object of --namespace (refused while held)."""
-    from ._admin import AdminError, import_
-    from ._ids import NamespaceKey
+    from ._admin import AdminError, import_, namespace_key
 
     def run() -> None:
         persist, class_name = _where(project, persist_to, namespace)
@@ -289,7 +292,7 @@ def objects_import(
             raise AdminError("give --namespace: the binding or class the object belongs to")
         if (id_ is None) == (name is None):
             raise AdminError("give either --id or --name")
-        key = NamespaceKey(class_name)
+        key = namespace_key(persist, class_name)
         try:
             object_id = key.from_string(id_) if id_ is not None else key.from_name(name or "")
         except ValueError as exc:

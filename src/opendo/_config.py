@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._migrations import Migration, simulate
+
 __all__ = [
     "AssetsConfig",
     "Binding",
@@ -73,15 +75,6 @@ class ConfigError(Exception):
 class Binding:
     name: str
     class_name: str
-
-
-@dataclass(frozen=True)
-class Migration:
-    tag: str
-    new_classes: tuple[str, ...] = ()
-    new_sqlite_classes: tuple[str, ...] = ()
-    renamed_classes: tuple[tuple[str, str], ...] = ()
-    deleted_classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,6 +268,8 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
             )
         )
 
+    _check_classes(check, bindings, migrations)
+
     assets: AssetsConfig | None = None
     if "assets" in data:
         table = check.table(data["assets"], "assets")
@@ -324,6 +319,34 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         dev_ip=ip,
         env_name=env,
     )
+
+
+def _check_classes(check: _Checker, bindings: list[Binding], migrations: list[Migration]) -> None:
+    """The migrations make sense in order, and — once a project has any — each binding names
+    a class they leave in place (as wrangler requires)."""
+    outcome = simulate(migrations, check.fail)
+    if not migrations:
+        return
+    for i, binding in enumerate(bindings):
+        cname = binding.class_name
+        if cname in outcome.labels:
+            continue
+        key = f"durable_objects.bindings[{i}].class_name"
+        if cname in outcome.gone:
+            how = outcome.gone[cname]
+            if how.startswith("deleted"):
+                raise check.fail(
+                    key,
+                    f"class {cname!r} is {how}, but the binding {binding.name!r} still names "
+                    "it: remove the binding, then the migration deletes the class and the "
+                    "data of all its objects",
+                )
+            raise check.fail(key, f"class {cname!r} was {how}: bind the new name")
+        raise check.fail(
+            key,
+            f"class {cname!r} is not created by any migration: add it to new_sqlite_classes "
+            "of a new [[migrations]] entry",
+        )
 
 
 def _seconds(check: _Checker, table: dict[str, Any], key: str, default: float) -> float:

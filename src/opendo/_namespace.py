@@ -29,11 +29,19 @@ class DurableObjectNamespace:
 
     __slots__ = ("runtime", "binding", "object_class", "_key")
 
-    def __init__(self, runtime: Runtime, binding: str, object_class: type[DurableObject]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        binding: str,
+        object_class: type[DurableObject],
+        label: str | None = None,
+    ) -> None:
         self.runtime = runtime
         self.binding = binding
         self.object_class = object_class
-        self._key = NamespaceKey(object_class.__name__)
+        # Ids derive from the label: the class's name when a migration created it, kept
+        # through renames (see _migrations).
+        self._key = NamespaceKey(label if label is not None else object_class.__name__)
 
     def id_from_name(self, name: str) -> DurableObjectId:
         return self._key.from_name(name)

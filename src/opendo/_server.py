@@ -19,6 +19,7 @@ from ._asgi import App
 from ._assets import Assets
 from ._clock import Clock
 from ._config import ConfigError, load_config
+from ._migrations import MigrationError
 from ._sqlite import SqliteDriver, StorageDriver
 from ._wsnative import HttpProtocol, NativeWebSocketProtocol
 
@@ -67,7 +68,7 @@ def _app_from_environ() -> App:
             env=os.environ.get(_ENV_ENV) or None,
             persist_to=os.environ.get(_ENV_PERSIST) or None,
         )
-    except ConfigError as exc:
+    except (ConfigError, MigrationError) as exc:
         print(f"opendo: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

@@ -22,13 +22,16 @@ code, where durability is not the point).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from ._ids import DurableObjectId
+from ._migrations import MigrationError, MigrationRecord
 
 __all__ = [
     "ALARM_TABLE",
@@ -249,6 +252,20 @@ class StorageDriver(Protocol):
         """Every stored alarm, of every object (read when the runtime starts)."""
         ...
 
+    # Migrations (see _migrations.apply): what was applied, and the two steps that move data.
+
+    def read_migrations(self) -> MigrationRecord: ...
+
+    def write_migrations(self, record: MigrationRecord) -> None: ...
+
+    def rename_class(self, old: str, new: str) -> None:
+        """Every object of class ``old`` becomes one of ``new``, with its data."""
+        ...
+
+    def delete_class(self, name: str) -> None:
+        """Remove every object of class ``name`` and its data."""
+        ...
+
 
 def _read_alarm(conn: sqlite3.Connection) -> tuple[int | None, str | None]:
     try:
@@ -290,12 +307,113 @@ class SqliteDriver:
             _fsync_dir(path.parent.parent)
         return ObjectDatabase(path)
 
+    # -- migrations -------------------------------------------------------------------------
+
+    @property
+    def migrations_file(self) -> Path:
+        return self.directory / MIGRATIONS_FILE
+
+    def read_migrations(self) -> MigrationRecord:
+        return read_migrations(self.directory)
+
+    def write_migrations(self, record: MigrationRecord) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.migrations_file.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record.to_json(), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.migrations_file)
+        _fsync_dir(self.directory)
+
+    def rename_class(self, old: str, new: str) -> None:
+        source, target = self.directory / old, self.directory / new
+        if not source.is_dir():
+            return  # no object of it was stored (or a run before a crash moved them)
+        if target.is_dir():
+            if any(target.iterdir()):
+                raise MigrationError(
+                    f"cannot rename class {old!r} to {new!r}: {target} already holds objects "
+                    f"of a class named {new!r}; move or delete them first"
+                )
+            target.rmdir()
+        with _holding_all(source, f"rename class {old!r} to {new!r}"):
+            source.rename(target)
+            _fsync_dir(self.directory)
+
+    def delete_class(self, name: str) -> None:
+        directory = self.directory / name
+        if not directory.is_dir():
+            return
+        with _holding_all(directory, f"delete class {name!r}"):
+            shutil.rmtree(directory)
+            _fsync_dir(self.directory)
+
+
+MIGRATIONS_FILE = "migrations.json"
+
+
+def read_migrations(directory: Path) -> MigrationRecord:
+    """What the persist directory records of applied migrations (nothing, if it is new)."""
+    file = directory / MIGRATIONS_FILE
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return MigrationRecord()
+    try:
+        return MigrationRecord.from_json(json.loads(text))
+    except ValueError as exc:
+        raise MigrationError(f"{file}: not a migration record ({exc})") from None
+
+
+class _holding_all:
+    """Hold every object database in a class directory, or fail with what is in use."""
+
+    def __init__(self, directory: Path, doing: str) -> None:
+        self.files = sorted(directory.glob("*.sqlite"))
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        held: list[Path] = []
+        try:
+            for file in self.files:
+                if str(file) in _holds:
+                    raise ObjectInUseError(f"{file} is open in this process")
+                hold(file)
+                held.append(file)
+        except ObjectInUseError as exc:
+            for file in held:
+                release(file)
+            raise MigrationError(f"cannot {self.doing}: {exc}") from None
+
+    def __exit__(self, *exc: object) -> None:
+        for file in self.files:
+            release(file)
+
 
 class MemoryDriver:
     """Databases in memory: kept while the driver lives, gone with the process."""
 
     def __init__(self) -> None:
         self._databases: dict[tuple[str, DurableObjectId], ObjectDatabase] = {}
+        self._migrations = MigrationRecord()
+
+    def read_migrations(self) -> MigrationRecord:
+        return self._migrations
+
+    def write_migrations(self, record: MigrationRecord) -> None:
+        self._migrations = record
+
+    def rename_class(self, old: str, new: str) -> None:
+        for class_name, id in list(self._databases):
+            if class_name == old:
+                self._databases[(new, id)] = self._databases.pop((old, id))
+
+    def delete_class(self, name: str) -> None:
+        for class_name, id in list(self._databases):
+            if class_name == name:
+                self._databases.pop((class_name, id)).connection.close()
 
     def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
         key = (class_name, id)
