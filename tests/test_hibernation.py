@@ -822,3 +822,32 @@ async def test_a_chat_name_and_history_survive_hibernation(chat: ChatRoom) -> No
         assert json.loads(await recv(ws)) == {"type": "leave", "user": chat_user(b_id, "Bo")}
     assert host.constructions == 4
     await assert_silent(a, c)
+
+
+class Quiet(opendo.DurableObject):
+    """Accepts hibernatable sockets and defines no hibernation handler at all."""
+
+    async def fetch(self, request: opendo.Request) -> opendo.Response:
+        pair = opendo.WebSocketPair()
+        self.ctx.accept_websocket(pair.server)
+        return opendo.Response(None, status=101, web_socket=pair.client)
+
+
+class QuietWorker(opendo.WorkerEntrypoint):
+    async def fetch(self, request: opendo.Request) -> opendo.Response:
+        response: opendo.Response = await self.env.QUIET.get_by_name("q").fetch(request)
+        return response
+
+
+async def test_without_handlers_a_close_is_answered_and_only_a_lost_message_is_an_error(
+    opendo: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    project = opendo(bindings={"QUIET": Quiet}, worker=QuietWorker)
+    closing = await project.websocket("/q")
+    closing.close(1000, "bye")
+    assert await closing.wait_closed() == (1000, "bye")  # the close was answered
+    async with project.websocket("/q") as talking:
+        talking.send("anyone?")
+        await wait_for(lambda: any(r.levelname == "ERROR" for r in caplog.records))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["Quiet received a WebSocket event but defines no web_socket_message()"]

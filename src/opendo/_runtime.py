@@ -645,8 +645,14 @@ def _hibernation_call(name: str, ws: WebSocket, *args: Any) -> Call:
     def call(instance: DurableObject) -> Any:
         handler = getattr(instance, name, None)
         if handler is None:
-            log.error(
-                "%s received a WebSocket event but defines no %s()", type(instance).__name__, name
+            # A message nobody handles is lost: say so. A close needs no handler (the close
+            # was answered already), nor does an error (its close follows).
+            level = logging.ERROR if name == "web_socket_message" else logging.DEBUG
+            log.log(
+                level,
+                "%s received a WebSocket event but defines no %s()",
+                type(instance).__name__,
+                name,
             )
             return None
         return handler(ws, *args)
