@@ -322,6 +322,8 @@ def import_main(path: Path) -> ModuleType:
         sys.path.insert(0, root)
     if "workers" not in sys.modules:
         sys.modules["workers"] = importlib.import_module("opendo.workers")
+    if "js" not in sys.modules:  # `from js import WebSocketPair`: opendo.workers.js
+        sys.modules["js"] = importlib.import_module("opendo.workers").js
     name = "_opendo_main_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
