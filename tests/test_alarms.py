@@ -880,6 +880,41 @@ tag = "v1"
 new_sqlite_classes = ["Timer"]
 """
 
+
+class SeesItself(DurableObject):
+    """Its alarm handler asks the object itself, in an event queued before the handler ends,
+    what the alarm and the handler's write look like."""
+
+    seen: list[asyncio.Future[Any]] = []
+
+    async def fetch(self, request: Any) -> Any:
+        from opendo import Response
+
+        state = {"fired": await self.ctx.storage.get("fired"), "alarm": None}
+        state["alarm"] = await self.ctx.storage.get_alarm()
+        return Response(json.dumps(state))
+
+    async def alarm(self, info: AlarmInfo) -> None:
+        await self.ctx.storage.put("fired", True)
+        stub = self.env.SELF.get(self.ctx.id)
+        SeesItself.seen.append(stub.fetch("http://localhost/state"))
+
+
+async def test_the_next_event_after_the_handler_finds_the_alarm_gone(opendo: Any) -> None:
+    project = opendo(bindings={"SELF": SeesItself})
+    stub = project.env.SELF.get_by_name("x")
+    SeesItself.seen.clear()
+    await project.run_in_durable_object(
+        stub, lambda instance, ctx: ctx.storage.set_alarm(project.clock.time() * 1000 + 1000)
+    )
+    assert await project.run_durable_object_alarm(stub) is True
+    [queued] = SeesItself.seen
+    response = await queued
+    # Never "it ran, and it is still due" (the restart test below polls for the same over
+    # real sockets, where an event can arrive at any moment around the handler's end).
+    assert json.loads(await response.text()) == {"fired": True, "alarm": None}
+
+
 TIMER_WORKER = '''\
 """GET /set/<epoch ms> sets the alarm; GET /state says whether it fired."""
 
@@ -919,21 +954,26 @@ def test_an_alarm_survives_a_server_restart(tmp_path: Path) -> None:
     project.mkdir()
     (project / "opendo.toml").write_text(TIMER_TOML)
     (project / "worker.py").write_text(TIMER_WORKER)
-    persist = tmp_path / "state"
     log = tmp_path / "server.log"
-    serve_args = ("serve", project, "--port", "0", "--persist-to", persist)
 
-    with run_opendo(*serve_args, stderr_log=log) as first:
-        port = first.wait_ready()
-        due = round((time.time() + 1.5) * 1000)
-        assert http_state(port, f"/set/{due}") == {"fired": None, "alarm": due}
-        assert first.stop(signal.SIGTERM) == 0
-    stopped = time.time() * 1000
-    assert stopped < due, f"the first server took {stopped - due + 1500:.0f} ms to stop"
+    # The alarm must come due while no server runs: on a loaded machine the first server may
+    # not have stopped in time, and then the run starts over with more room.
+    for margin in (1.5, 4.0, 10.0):
+        persist = tmp_path / f"state-{margin}"
+        serve_args = ("serve", project, "--port", "0", "--persist-to", persist)
+        with run_opendo(*serve_args, stderr_log=log) as first:
+            port = first.wait_ready()
+            due = round((time.time() + margin) * 1000)
+            assert http_state(port, f"/set/{due}") == {"fired": None, "alarm": due}
+            assert first.stop(signal.SIGTERM) == 0
+        stopped = time.time() * 1000
+        if stopped < due:
+            break
+    assert stopped < due, f"the first server took {stopped - due + margin * 1000:.0f} ms to stop"
 
     # Real time passes while no server runs: wait (bounded) until the alarm is overdue.
     pause = threading.Event()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while time.time() * 1000 <= due + 100:
         assert time.monotonic() < deadline
         pause.wait(0.05)

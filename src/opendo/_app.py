@@ -196,10 +196,10 @@ class Runtime:
                     self.alarms.schedule(key, due)
                     host._maybe_idle()
                     return
-                storage._in_alarm, storage._alarm_set_in_handler = True, False
                 try:
-                    await host.call(partial(_invoke_alarm, info=AlarmInfo(retry)))
-                    rearmed = storage._alarm_set_in_handler
+                    await host.call(
+                        partial(_invoke_alarm, host=host, info=AlarmInfo(retry), due=due)
+                    )
                 except Exception as exc:
                     log.warning(
                         "alarm of %s(%s) failed (attempt %d): %r", class_name, id, retry + 1, exc
@@ -209,14 +209,11 @@ class Runtime:
                         log.error(
                             "alarm of %s(%s) given up after %d retries", class_name, id, MAX_RETRIES
                         )
-                        await self.host(namespace, id).call(partial(_finish_alarm, due=due))
+                        host = self.host(namespace, id)
+                        await host.call(partial(_give_up_alarm, host=host, due=due))
                         return
                     await self._sleep(retry_delay(retry, self.rng))
                     continue
-                finally:
-                    storage._in_alarm = False
-                if not rearmed:
-                    await self.host(namespace, id).call(partial(_finish_alarm, due=due))
                 return
         finally:
             del self._alarm_runs[key]
@@ -293,22 +290,40 @@ class Runtime:
         }
 
 
-async def _invoke_alarm(instance: DurableObject, info: AlarmInfo) -> None:
-    handler = getattr(instance, "alarm", None)
-    if handler is None:
-        log.error(
-            "%s has an alarm set but no alarm() handler; the alarm is dropped",
-            type(instance).__name__,
-        )
-        return
-    await handler(info)
+async def _invoke_alarm(
+    instance: DurableObject, host: ObjectHost, info: AlarmInfo, due: int
+) -> None:
+    """The handler and the alarm's end, as one event: once it returns, the alarm is gone
+    (unless it set a new one) before any other event can ask ``get_alarm()``. While it
+    runs, ``get_alarm()`` says None, unless it set a new alarm."""
+    storage = host.storage
+    assert isinstance(storage, Storage)
+    storage._in_alarm, storage._alarm_set_in_handler = True, False
+    try:
+        handler = getattr(instance, "alarm", None)
+        if handler is None:
+            log.error(
+                "%s has an alarm set but no alarm() handler; the alarm is dropped",
+                type(instance).__name__,
+            )
+        else:
+            await handler(info)
+        if not storage._alarm_set_in_handler:
+            _finish_alarm(storage, due)
+    finally:
+        storage._in_alarm = False
 
 
-def _finish_alarm(instance: DurableObject, due: int) -> None:
-    """After the handler: the alarm is done, unless the handler set a new one."""
-    storage = instance.ctx.storage
+def _finish_alarm(storage: Storage, due: int) -> None:
+    """The alarm that was due is done, unless another time was set meanwhile."""
     if storage._alarm_now() == due:
         storage._delete_alarm("delete_alarm")
+
+
+def _give_up_alarm(instance: DurableObject, host: ObjectHost, due: int) -> None:
+    storage = host.storage
+    assert isinstance(storage, Storage)
+    _finish_alarm(storage, due)
 
 
 def import_main(path: Path) -> ModuleType:
