@@ -53,7 +53,7 @@ class Runtime:
         hibernation_timeout: float = 10.0,
         storage: StorageDriver | None = None,
         rng: random.Random | None = None,
-        labels: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,  # class name -> id label (see _migrations)
     ) -> None:
         self.worker = worker
         self.rng = rng if rng is not None else random.Random()
@@ -330,7 +330,8 @@ def import_main(path: Path) -> ModuleType:
     """Import the project's main module from its file (its folder goes on ``sys.path``).
 
     ``import workers`` in it finds ``opendo.workers``, the names of Cloudflare's Python
-    Workers, as the Cloudflare runtime provides that module to the Workers it runs.
+    Workers, and ``import js`` the few JavaScript globals they use (``opendo.workers.js``),
+    as the Cloudflare runtime provides both to the Workers it runs.
     """
     root = str(path.parent)
     if root not in sys.path:
