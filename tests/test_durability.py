@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, serve, wait_for
+from conftest import ROOT, GatedDriver, serve, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -37,90 +36,11 @@ from opendo import (
 )
 
 COUNTER_DIR = ROOT / "examples" / "counter"
-FLUSH_LIMIT = 30.0  # a held flush gives up after this (never reached by a passing test)
 RECV = 5.0  # bound for something that must happen
 QUIET = 0.3  # how long we watch to conclude that something does not happen
 
 
-# -- the one fake: a driver whose flush we hold or fail -------------------------------------
-
-
-class GatedDriver(SqliteDriver):
-    """Real SQLite files; ``flush()`` of every database it opens passes through a gate.
-
-    ``hold()`` makes flushes wait (in their worker thread) until ``release()``; ``error``
-    makes them raise instead of syncing. ``calls`` counts flushes started, ``in_flight``
-    those not yet returned; ``wait_until`` waits for either without polling.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.calls = 0
-        self.in_flight = 0
-        self.error: OSError | None = None
-        self._open = threading.Event()
-        self._open.set()
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
-
-    def hold(self) -> None:
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
-
-    def open(self, class_name: str, id: Any) -> Any:
-        db = super().open(class_name, id)
-        self._bind_loop()
-        real_flush = db.flush
-
-        def flush() -> None:
-            with self._lock:
-                self.calls += 1
-                self.in_flight += 1
-            self._notify()
-            try:
-                if not self._open.wait(FLUSH_LIMIT):
-                    raise TimeoutError("the test never released this flush")
-                if self.error is not None:
-                    raise self.error
-                real_flush()
-            finally:
-                with self._lock:
-                    self.in_flight -= 1
-                self._notify()
-
-        db.flush = flush  # wraps the returned database's flush(); nothing else is touched
-        return db
-
-    def _bind_loop(self) -> asyncio.Event:
-        if self._changed is None:
-            self._loop = asyncio.get_running_loop()
-            self._changed = asyncio.Event()
-        return self._changed
-
-    def _notify(self) -> None:
-        loop, changed = self._loop, self._changed
-        if loop is None or changed is None:
-            return
-        try:
-            loop.call_soon_threadsafe(changed.set)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-    async def wait_until(self, predicate: Callable[[], bool], within: float = RECV) -> None:
-        """Wait until ``predicate()`` holds; it is checked whenever a flush starts or ends."""
-        changed = self._bind_loop()
-        async with asyncio.timeout(within):
-            while not predicate():
-                changed.clear()
-                if predicate():
-                    break
-                await changed.wait()
-
-    async def flush_started(self, count: int) -> None:
-        await self.wait_until(lambda: self.calls >= count)
+# -- the one fake: a driver whose flush we hold or fail (conftest.GatedDriver) --------------
 
 
 @pytest.fixture

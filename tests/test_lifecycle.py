@@ -3,8 +3,9 @@ what keeps an object from being evicted.
 
 The runtime runs in the test's event loop with a ``FakeClock``, so timeouts (the 30 s of
 ``block_concurrency_while``, the idle timeout) pass only when a test moves the clock. Storage
-is real SQLite under ``tmp_path``; where durability matters, ``HeldDriver`` holds each
-database's ``flush()`` (the fsync) on a ``threading.Event`` — the documented storage boundary.
+is real SQLite under ``tmp_path``; where durability matters, ``conftest.GatedDriver`` holds
+each database's ``flush()`` (the fsync) on a ``threading.Event`` — the documented storage
+boundary.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import GatedDriver, wait_for
 
 from opendo import (
     DurableObject,
@@ -282,65 +282,28 @@ async def test_a_failure_in_wait_until_is_logged_not_raised(
 # -- abort --------------------------------------------------------------------------------------
 
 
-class HeldDriver(SqliteDriver):
-    """Real SQLite files whose ``flush()`` (the fsync) waits while the test holds it."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = 0
-        self.running = 0
-        self._lock = threading.Lock()
-
-    def hold(self) -> None:
-        self.gate.clear()
-
-    def release(self) -> None:
-        self.gate.set()
-
-    def open(self, class_name: str, id: Any) -> Any:
-        db = super().open(class_name, id)
-        real_flush = db.flush
-
-        def flush() -> None:
-            with self._lock:
-                self.started += 1
-                self.running += 1
-            try:
-                if not self.gate.wait(30):
-                    raise TimeoutError("the test never released this flush")
-                real_flush()
-            finally:
-                with self._lock:
-                    self.running -= 1
-
-        db.flush = flush  # only the returned database's flush() is wrapped
-        return db
-
-
 @pytest.fixture
-async def driver(tmp_path: Path) -> AsyncIterator[HeldDriver]:
-    held = HeldDriver(tmp_path / "state")
+async def driver(tmp_path: Path) -> AsyncIterator[GatedDriver]:
+    held = GatedDriver(tmp_path / "state")
     try:
         yield held
     finally:
         held.release()
-        await wait_for(lambda: held.running == 0)
+        await wait_for(lambda: held.in_flight == 0)
 
 
-async def test_abort_drops_a_write_of_the_same_turn(driver: HeldDriver) -> None:
+async def test_abort_drops_a_write_of_the_same_turn(driver: GatedDriver) -> None:
     runtime, log, _ = make_runtime(storage=driver)
     stub = runtime.env.PROBE.get_by_name("x")
     assert await stub.put("warm", 0) == 0
     driver.hold()
-    started = driver.started
+    started = driver.calls
 
     with pytest.raises(DurableObjectResetError, match="dropping k") as info:
         await asyncio.wait_for(stub.put_and_abort("k", 1), RECV)
     assert info.value.remote is True  # type: ignore[attr-defined]
     assert await asyncio.wait_for(stub.get("k"), RECV) is None
-    assert driver.started == started  # nothing of it was even committed
+    assert driver.calls == started  # nothing of it was even committed
     assert log.count("constructed") == 2
 
     driver.release()
@@ -350,18 +313,18 @@ async def test_abort_drops_a_write_of_the_same_turn(driver: HeldDriver) -> None:
 
 
 async def test_after_abort_no_answer_reveals_a_write_that_is_not_durable(
-    driver: HeldDriver,
+    driver: GatedDriver,
 ) -> None:
     runtime, log, _ = make_runtime(storage=driver)
     stub = runtime.env.PROBE.get_by_name("x")
     assert await stub.put("warm", 0) == 0
     driver.hold()
-    started = driver.started
+    started = driver.calls
 
     aborted = stub.put_wait_and_abort("k", 1)
     with pytest.raises(DurableObjectResetError, match="dropping k"):
         await asyncio.wait_for(aborted, RECV)
-    await wait_for(lambda: driver.started == started + 1)  # committed; its fsync is held
+    await wait_for(lambda: driver.calls == started + 1)  # committed; its fsync is held
     assert log.count("constructed") == 1
 
     read = stub.get("k")
