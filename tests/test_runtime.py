@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
@@ -364,3 +365,71 @@ async def test_errors_are_durable_object_errors_with_flags() -> None:
     err = DurableObjectResetError("x")
     assert isinstance(err, DurableObjectError)
     assert (err.retryable, err.overloaded, err.remote) == (True, False, False)
+
+
+# -- how an event starts: its first step at once, in a context of its own ----------------------
+
+mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller")
+
+
+class Stepper(DurableObject):
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self.log: list[str] = []
+
+    async def quick(self, name: str) -> str:
+        mark.set(name)  # in the event's own context: never the caller's
+        self.log.append(f"{name} ran")
+        return mark.get()
+
+    async def slow(self, name: str) -> str:
+        mark.set(name)
+        self.log.append(f"{name} first step")
+        await asyncio.sleep(0)
+        self.log.append(f"{name} second step (mark={mark.get()})")
+        return name
+
+    async def calls_itself(self) -> list[str]:
+        stub = self.env.STEP.get(self.ctx.id)
+        later = stub.quick("inner")  # delivered while this event's first step runs
+        self.log.append("outer first step done")
+        await later
+        return self.log
+
+
+async def test_a_handler_that_does_not_suspend_answers_without_a_task() -> None:
+    runtime = Runtime(bindings={"STEP": Stepper})
+    stub = runtime.env.STEP.get_by_name("s")
+    await stub.quick("warm")
+    tasks_before = len(asyncio.all_tasks())
+    future = stub.quick("q")
+    # Its first (and only) step already ran, here, and made no task; the result waits only
+    # for the output gate (clear: nothing was written).
+    instance = runtime.host(runtime.env.STEP, stub.id).instance
+    assert isinstance(instance, Stepper) and instance.log[-1] == "q ran"
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert await future == "q"
+    assert mark.get() == "caller"
+
+
+async def test_a_handler_that_suspends_continues_in_its_own_context() -> None:
+    runtime = Runtime(bindings={"STEP": Stepper})
+    stub = runtime.env.STEP.get_by_name("s")
+    first, second = stub.slow("a"), stub.slow("b")
+    assert await asyncio.gather(first, second) == ["a", "b"]
+    instance = runtime.host(runtime.env.STEP, stub.id).instance
+    assert isinstance(instance, Stepper)
+    assert instance.log == [
+        "a first step",
+        "b first step",
+        "a second step (mark=a)",
+        "b second step (mark=b)",
+    ]
+    assert mark.get() == "caller"
+
+
+async def test_an_event_delivered_during_a_first_step_starts_after_it() -> None:
+    runtime = Runtime(bindings={"STEP": Stepper})
+    stub = runtime.env.STEP.get_by_name("s")
+    log = await stub.calls_itself()
+    assert log[:2] == ["outer first step done", "inner ran"]

@@ -45,7 +45,7 @@ import enum
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from ._api import DurableObject
     from ._namespace import DurableObjectNamespace
 
-__all__ = ["DurableObjectState", "Lifecycle", "ObjectHost", "current_host"]
+__all__ = ["DurableObjectState", "Lifecycle", "ObjectHost", "current_event", "current_host"]
 
 log = logging.getLogger("opendo")
 
@@ -76,9 +76,28 @@ _current_host: contextvars.ContextVar[ObjectHost | None] = contextvars.ContextVa
 )
 
 
+# One token per event, the same in its first step (run in _start) and in the task that
+# continues it: storage.transaction() knows which event owns it by this.
+_current_event: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "opendo_current_event", default=None
+)
+
+
 def current_host() -> ObjectHost | None:
     """The host whose event is running now, if any."""
     return _current_host.get()
+
+
+def current_event() -> object | None:
+    """Who is running now, as a transaction's owner: the event (with the tasks it
+    started), or else the task."""
+    event = _current_event.get()
+    if event is not None:
+        return event
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 class Lifecycle(enum.Enum):
@@ -283,27 +302,79 @@ class ObjectHost:
         return True
 
     def _start(self, fn: Call, future: asyncio.Future[Any] | None) -> None:
+        """Run an event up to its first suspension, now.
+
+        The event runs in a context of its own (as a task would: what it sets in a
+        ``ContextVar`` stays in it). A coroutine's first step runs here, eagerly, and most
+        handlers finish in it (storage calls do not suspend): their result goes out with no
+        task made. One that suspends continues in a task. While the first step runs, the
+        host counts as starting, so an event delivered meanwhile waits for it.
+        """
         instance = self.instance
         assert instance is not None
-        token = _current_host.set(self)
+        generation = self.generation
+        context = contextvars.copy_context()
+        context.run(self._enter)
         self._running += 1
+        self._starting = True
         try:
-            result = fn(instance)
+            result = context.run(fn, instance)
+            if type(result) is _Coroutine:
+                coro = result
+                try:
+                    step = context.run(coro.send, None)
+                except StopIteration as stop:
+                    result = stop.value
+                else:
+                    task = asyncio.get_running_loop().create_task(
+                        self._resume(coro, step, future, generation), context=context
+                    )
+                    self._events.add(task)
+                    task.add_done_callback(self._events.discard)
+                    return
         except Exception as exc:
             self._running -= 1
             self._fail(future, exc)
             self._maybe_idle()
             return
         finally:
-            _current_host.reset(token)
-        if inspect.isawaitable(result):
-            self._starting = True
-            task = asyncio.ensure_future(self._finish(result, future, self.generation))
+            self._starting = False
+            if self._queue:
+                self._pump()
+        if inspect.isawaitable(result):  # not a coroutine: a future, or another awaitable
+            task = asyncio.ensure_future(self._finish(result, future, generation))
             self._events.add(task)
             task.add_done_callback(self._events.discard)
         else:
             self._running -= 1
-            self._respond(future, result, self.generation)
+            self._respond(future, result, generation)
+            self._maybe_idle()
+
+    def _enter(self) -> None:
+        """In an event's own context: the event runs on this host."""
+        _current_host.set(self)
+        _current_event.set(object())
+
+    async def _resume(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        step: Any,
+        future: asyncio.Future[Any] | None,
+        generation: int,
+    ) -> None:
+        """The rest of an event whose first step ran in ``_start`` (in its context)."""
+        try:
+            result = await _Continue(coro, step)
+        except asyncio.CancelledError:
+            if future is not None and not future.done():
+                future.set_exception(DurableObjectResetError("the call was cancelled"))
+            raise
+        except Exception as exc:
+            self._fail(future, exc)
+        else:
+            self._respond(future, result, generation)
+        finally:
+            self._running -= 1
             self._maybe_idle()
 
     async def _finish(
@@ -639,6 +710,46 @@ class DurableObjectState:
         constructor runs again on the next event."""
         self._live_host("abort()").reset(f"abort({reason!r})")
         raise DurableObjectResetError(f"the object was aborted: {reason}")
+
+
+async def _coroutine_type() -> None:
+    pass
+
+
+_coroutine = _coroutine_type()
+_Coroutine = type(_coroutine)
+_coroutine.close()
+
+
+class _Continue:
+    """Awaits the rest of a coroutine whose first step already ran and yielded ``step``:
+    hands each yielded future to the task running this, and sends (or throws) into the
+    coroutine what the task sends (or throws) back — the task's protocol, one level down."""
+
+    __slots__ = ("_coro", "_step")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], step: Any) -> None:
+        self._coro = coro
+        self._step = step
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, step = self._coro, self._step
+        while True:
+            try:
+                yield step
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task: a cancellation
+                try:
+                    step = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                step = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _hibernation_call(name: str, ws: WebSocket, *args: Any) -> Call:

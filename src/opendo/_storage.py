@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._codec import decode, encode
 from ._errors import StorageError
 from ._gates import OutputLock
+from ._runtime import current_event
 from ._sqlite import (
     ALARM_TABLE,
     KV_TABLE,
@@ -251,7 +252,7 @@ class Storage:
     def __init__(self, host: ObjectHost, db: ObjectDatabase) -> None:
         self._host = host
         self._db: ObjectDatabase | None = db
-        self._txn_owner: asyncio.Task[Any] | None = None  # the task inside transaction()
+        self._txn_owner: object | None = None  # the event inside transaction()
         self._txn_done = asyncio.Event()
         # Encoded values of recently used keys (None: known absent). Cleared whenever a
         # rollback might make it disagree with the database.
@@ -275,7 +276,7 @@ class Storage:
                 "evicted; use the storage of the current instance (self.ctx.storage)"
             )
         owner = self._txn_owner
-        if owner is not None and _current_task() is not owner:
+        if owner is not None and current_event() is not owner:
             raise StorageError(
                 f"storage.{method}() was called while another event's storage.transaction() "
                 "is open; use the async API (await storage.get/put/...), which waits for it"
@@ -284,7 +285,7 @@ class Storage:
 
     async def _turn(self) -> None:
         """Wait while another event's ``transaction()`` is open (so it stays isolated)."""
-        while self._txn_owner is not None and _current_task() is not self._txn_owner:
+        while self._txn_owner is not None and current_event() is not self._txn_owner:
             await self._txn_done.wait()
 
     def _write(self, method: str) -> sqlite3.Connection:
@@ -508,7 +509,7 @@ class Storage:
         conn.execute(f"SAVEPOINT {name}")
         batches.depth += 1
         outer_owner = self._txn_owner
-        self._txn_owner = _current_task()
+        self._txn_owner = current_event()
         self._txn_done.clear()
         txn = Transaction(self)
         try:
@@ -677,13 +678,6 @@ class Storage:
             args.append(limit)
         for k, v in conn.execute(sql, args).fetchall():
             yield k.decode("utf-8", "surrogatepass"), decode(v)
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 def _successor(prefix: bytes) -> bytes | None:

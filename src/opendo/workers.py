@@ -140,7 +140,7 @@ from . import _api, _http, _ids, _namespace, _storage
 from . import _websocket as _ws
 from ._alarms import AlarmInfo as _AlarmInfo
 from ._http import Headers
-from ._runtime import DurableObjectState, current_host
+from ._runtime import DurableObjectState, current_event, current_host
 
 __all__ = [
     "AlarmInfo",
@@ -343,13 +343,6 @@ def _list_args(
         bool(opts.get("reverse", False)),
         opts.get("limit"),
     )
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
@@ -920,7 +913,7 @@ class Storage:
         self, now: Callable[[], _T], later: Callable[[], Coroutine[Any, Any, _T]]
     ) -> Awaitable[_T]:
         owner = self._storage._txn_owner
-        if owner is None or owner is _current_task():
+        if owner is None or owner is current_event():
             return _Settled(now())
         return asyncio.ensure_future(later())
 
