@@ -433,3 +433,68 @@ async def test_an_event_delivered_during_a_first_step_starts_after_it() -> None:
     stub = runtime.env.STEP.get_by_name("s")
     log = await stub.calls_itself()
     assert log[:2] == ["outer first step done", "inner ran"]
+
+
+# -- RPC values: copied both ways; functions and handles passed as they are ---------------------
+
+
+class Keeper(DurableObject):
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self.kept: Any = None
+
+    async def keep(self, value: Any) -> None:
+        self.kept = value
+
+    def get(self) -> Any:
+        return self.kept
+
+    async def call_back(self, fn: Any, x: int) -> Any:
+        return fn(x)
+
+    async def same_stub(self, stub: Any, id: Any) -> bool:
+        return stub.id == id == self.ctx.id
+
+    def hand_out_something(self) -> Any:
+        return {"ok": [1, object()]}
+
+
+async def test_rpc_arguments_and_results_are_copies() -> None:
+    runtime = Runtime(bindings={"KEEP": Keeper})
+    stub = runtime.env.KEEP.get_by_name("k")
+    value = {"list": [1, 2], "set": {3}, "nested": ({"a": b"x"},)}
+    call = stub.keep(value)
+    value["list"].append("changed after the call")  # before the object even ran
+    await call
+    kept = await stub.get()
+    assert kept == {"list": [1, 2], "set": {3}, "nested": ({"a": b"x"},)}
+    kept["list"].append("changed by the caller")
+    assert (await stub.get())["list"] == [1, 2]
+
+
+async def test_functions_stubs_and_ids_are_passed_as_they_are() -> None:
+    runtime = Runtime(bindings={"KEEP": Keeper})
+    stub = runtime.env.KEEP.get_by_name("k")
+    seen: list[int] = []
+
+    def callback(x: int) -> int:
+        seen.append(x)
+        return x * 2
+
+    assert await stub.call_back(callback, 21) == 42
+    assert seen == [21]
+    assert await stub.same_stub(stub, stub.id) is True
+
+
+async def test_a_value_that_cannot_be_sent_fails_at_the_caller_naming_it() -> None:
+    runtime = Runtime(bindings={"KEEP": Keeper})
+    stub = runtime.env.KEEP.get_by_name("k")
+    with pytest.raises(TypeError) as caught:
+        stub.keep({"fine": 1, "bad": [object()]})
+    assert str(caught.value).startswith(
+        "keep(): argument 1 cannot be sent over RPC: cannot send a value of type 'object' "
+        "(at value['bad'][0])"
+    )
+    assert await stub.get() is None  # nothing was delivered
+    with pytest.raises(TypeError, match=r"the result of hand_out_something\(\) cannot be sent"):
+        await stub.hand_out_something()

@@ -430,6 +430,28 @@ async def test_sql_exec_and_its_cursor(opendo):
     }
 
 
+class Rows(DurableObject):
+    async def names(self):
+        sql = self.ctx.storage.sql
+        sql.exec("CREATE TABLE IF NOT EXISTS t (name TEXT)")
+        sql.exec("INSERT INTO t VALUES ('ada'), ('bob')")
+        return sql.exec("SELECT name FROM t").toArray()
+
+
+class RowsWorker(WorkerEntrypoint):
+    async def fetch(self, request):
+        rows = await self.env.ROWS.getByName("r").names()  # RPC through the camelCase stub
+        return Response.json(rows)
+
+
+async def test_sql_rows_go_over_rpc_as_plain_dicts(opendo):
+    project = opendo(bindings={"ROWS": Rows}, worker=RowsWorker)
+    assert await body(project, "/") == [{"name": "ada"}, {"name": "bob"}]
+    rows = await project.env.ROWS.get_by_name("r").names()
+    assert rows == [{"name": "ada"}, {"name": "bob"}, {"name": "ada"}, {"name": "bob"}]
+    assert all(type(row) is dict for row in rows)
+
+
 async def test_transactions_by_their_camel_case_names(opendo):
     project, stub = store(opendo)
 

@@ -1,9 +1,10 @@
 """Values: what a Durable Object can store, and how it is written down.
 
-Storage (and, later, RPC) needs one way to turn a Python value into bytes and back. It must
-be exact, because a value read back should be the value that was written; safe, because the
-bytes outlive the process that wrote them and may be read by another version of the code, or
-be damaged on disk; and fast, because every ``get`` and ``put`` pays for it. ``pickle`` fails
+Storage needs one way to turn a Python value into bytes and back (and RPC one way to copy a
+value, with the same types: ``clone``). It must be exact, because a value read back should be
+the value that was written; safe, because the bytes outlive the process that wrote them and
+may be read by another version of the code, or be damaged on disk; and fast, because every
+``get`` and ``put`` pays for it. ``pickle`` fails
 the second test (unpickling runs code and builds any class), JSON fails the first (no bytes,
 no tuples, no sets, no ``-0.0`` or ``nan``, no integer keys). This module is Python's
 analogue of the structured clone that Workers use: a fixed set of plain data types, and
@@ -80,7 +81,15 @@ from typing import Any, Final
 from msgspec import Raw
 from msgspec.msgpack import Decoder, Encoder, Ext
 
-__all__ = ["MAX_DEPTH", "SUPPORTED_TYPES", "CodecError", "DecodeError", "decode", "encode"]
+__all__ = [
+    "MAX_DEPTH",
+    "SUPPORTED_TYPES",
+    "CodecError",
+    "DecodeError",
+    "clone",
+    "decode",
+    "encode",
+]
 
 MAX_DEPTH: Final = 256
 """How deep containers may be nested: ``[[1]]`` is 2 deep, a scalar is 0 deep."""
@@ -188,7 +197,7 @@ class _Reject(Exception):
         self.containers.append(container)
         self.current = container
 
-    def error(self) -> CodecError:
+    def error(self, verb: str = "store") -> CodecError:
         steps = self.steps[::-1]
         if self.too_deep:
             nested = [*self.containers[::-1], self.bad]  # outermost first
@@ -197,15 +206,15 @@ class _Reject(Exception):
                 i = seen.setdefault(id(container), j)
                 if i != j:
                     return CodecError(
-                        "cannot store a value that contains itself: "
+                        f"cannot {verb} a value that contains itself: "
                         f"{_path(steps[:j])} is {_path(steps[:i])} (reference cycle)"
                     )
             return CodecError(
-                f"cannot store a value with containers nested more than {MAX_DEPTH} deep"
+                f"cannot {verb} a value with containers nested more than {MAX_DEPTH} deep"
             )
         bad = self.bad
         name = type(bad).__qualname__
-        message = f"cannot store a value of type {name!r} (at {_path(steps)})"
+        message = f"cannot {verb} a value of type {name!r} (at {_path(steps)})"
         base = next((t for t in _ACCEPTED if isinstance(bad, t)), None)
         if base is not None:
             message += (
@@ -429,6 +438,70 @@ def encode(value: object) -> bytes:
         raise CodecError(
             "cannot store a value nested this deep: it exceeds Python's recursion limit"
         ) from None
+
+
+# -- cloning: values as RPC passes them -----------------------------------------------------------
+
+_IMMUTABLE: Final = frozenset(
+    {NoneType, bool, int, float, str, bytes, _dt.datetime, _dt.date, _dt.time, _dt.timedelta}
+    | {Decimal}
+)
+
+
+def clone(value: object, keep: Callable[[object], bool]) -> Any:
+    """A copy of ``value`` as an RPC call passes it: the supported types as ``encode`` then
+    ``decode`` would give them back (immutable ones shared, containers copied, exact types
+    only), except that what ``keep(v)`` accepts — a function to call back, a stub — is passed
+    as it is. Anything else raises ``CodecError``, naming where it was."""
+    try:
+        return _clone(value, 0, keep)
+    except _Reject as e:
+        raise e.error("send") from None
+
+
+def _clone(v: Any, depth: int, keep: Callable[[object], bool]) -> Any:
+    t = type(v)
+    if t in _IMMUTABLE:
+        return v
+    if t is list or t is tuple or t is set or t is frozenset:
+        if depth >= MAX_DEPTH:
+            raise _Reject(v, too_deep=True)
+        depth += 1
+        out: list[Any] = []
+        append = out.append
+        try:
+            for x in v:
+                append(x if type(x) in _IMMUTABLE else _clone(x, depth, keep))
+        except _Reject as e:
+            if t is list or t is tuple:
+                e.up(v, f"[{_index(v, e.current)}]")
+            else:
+                e.up(v, f"<element {_short(e.current)}>")
+            raise
+        return out if t is list else t(out)
+    if t is dict:
+        if depth >= MAX_DEPTH:
+            raise _Reject(v, too_deep=True)
+        depth += 1
+        mapping: dict[Any, Any] = {}
+        k: Any = None
+        try:
+            for k, x in v.items():
+                key = k if type(k) in _IMMUTABLE else _clone(k, depth, keep)
+                mapping[key] = x if type(x) in _IMMUTABLE else _clone(x, depth, keep)
+        except _Reject as e:
+            e.up(v, f"<key {_short(k)}>" if e.current is k else f"[{_short(k)}]")
+            raise
+        return mapping
+    if t is bytearray:
+        return bytes(v)
+    if t is memoryview:
+        return _convert_memoryview(v)
+    if keep(v):
+        return v
+    if isinstance(v, dict) and getattr(t, "_rpc_as_dict", False):
+        return _clone(dict(v), depth, keep)  # a dict with extras (opendo.workers' rows)
+    raise _Reject(v)
 
 
 # -- decoding ---------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ class Request:
     """An HTTP request, as a Worker or a Durable Object's ``fetch`` sees it."""
 
     __slots__ = ("url", "method", "headers", "_body", "_parts")
+    _rpc_by_reference = True  # passed as it is over RPC
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class Response:
     """An HTTP response; ``Response(status=101, web_socket=client)`` accepts a WebSocket."""
 
     __slots__ = ("status", "status_text", "headers", "body", "web_socket")
+    _rpc_by_reference = True  # passed as it is over RPC
 
     def __init__(
         self,

@@ -82,6 +82,7 @@ class DurableObjectId:
     """The identity of one Durable Object: 64 hex digits, compared by value."""
 
     __slots__ = ("_raw", "_hex", "name", "_namespace")
+    _rpc_by_reference = True  # passed as it is over RPC
 
     def __init__(self, raw: bytes, *, name: str | None, namespace: NamespaceKey) -> None:
         self._raw = raw

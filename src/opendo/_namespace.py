@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._codec import CodecError, clone
 from ._errors import DurableObjectResetError
 from ._http import Headers, Request, Response
 from ._ids import DurableObjectId, NamespaceKey
@@ -28,6 +30,7 @@ class DurableObjectNamespace:
     """A binding to one Durable Object class: ``env.CHAT``."""
 
     __slots__ = ("runtime", "binding", "object_class", "_key")
+    _rpc_by_reference = True
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class DurableObjectStub:
     """
 
     __slots__ = ("_namespace", "id")
+    _rpc_by_reference = True
 
     def __init__(self, namespace: DurableObjectNamespace, id: DurableObjectId) -> None:
         self._namespace = namespace
@@ -132,15 +136,57 @@ class _RpcMethod:
         name = self._name
         stub = self._stub
 
+        # The object gets copies of the arguments, made now (a change the caller makes
+        # later does not reach it); a value that cannot be sent fails here, at the caller.
+        args, kwargs = _clone_arguments(name, args, kwargs)
+
         def call(instance: DurableObject) -> Any:
             method = getattr(type(instance), name, None)
             if method is None or not callable(method):
                 raise TypeError(
                     f"{type(instance).__name__} has no public method {name!r} to call over RPC"
                 )
-            return getattr(instance, name)(*args, **kwargs)
+            result = getattr(instance, name)(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                return _cloned(result, name)
+            return _clone_result(result, name)
 
         return _send(stub._namespace._host(stub.id), call)
+
+
+def _by_reference(value: object) -> bool:
+    """What RPC passes as it is: functions (called back directly), and opendo's handles."""
+    return callable(value) or getattr(type(value), "_rpc_by_reference", False)
+
+
+def _clone_arguments(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    try:
+        copied: tuple[tuple[Any, ...], dict[str, Any]] = clone((args, kwargs), _by_reference)
+        return copied
+    except CodecError:
+        pass
+    for where, value in [
+        *((f"argument {i + 1}", v) for i, v in enumerate(args)),
+        *((f"argument {k}=", v) for k, v in kwargs.items()),
+    ]:
+        try:
+            clone(value, _by_reference)
+        except CodecError as exc:
+            raise CodecError(f"{name}(): {where} cannot be sent over RPC: {exc}") from None
+    raise AssertionError("unreachable: every argument could be sent")
+
+
+def _clone_result(result: Any, name: str) -> Any:
+    try:
+        return clone(result, _by_reference)
+    except CodecError as exc:
+        raise CodecError(f"the result of {name}() cannot be sent over RPC: {exc}") from None
+
+
+async def _cloned(coro: Awaitable[Any], name: str) -> Any:
+    return _clone_result(await coro, name)
 
 
 def _send(target: ObjectHost, call: Callable[[DurableObject], Any]) -> asyncio.Future[Any]:

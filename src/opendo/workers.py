@@ -624,6 +624,7 @@ class DurableObjectStub:
     delivered in the order they are made."""
 
     __slots__ = ("_stub",)
+    _rpc_by_reference = True  # passed as it is over RPC
 
     def __init__(self, stub: _namespace.DurableObjectStub) -> None:
         self._stub = stub
@@ -662,6 +663,7 @@ class DurableObjectNamespace:
     ``getByName(name)``."""
 
     __slots__ = ("_namespace",)
+    _rpc_by_reference = True  # passed as it is over RPC
 
     def __init__(self, namespace: _namespace.DurableObjectNamespace) -> None:
         self._namespace = namespace
@@ -762,6 +764,8 @@ class JsDict(dict[str, Any]):
     Cloudflare's SDK hands JavaScript objects (SQL rows among them) to Python. A key named
     like a dict method (``items``, ``keys``, ``get`` …) is reached as ``row["items"]`` only,
     there as here."""
+
+    _rpc_as_dict = True  # over RPC: sent as a plain dict, as Cloudflare sends a JS object
 
     def __getattr__(self, name: str) -> Any:
         try:
