@@ -853,12 +853,7 @@ class SqlStorage:
                     raise SqlError(
                         "sql.exec(): a str binding is not valid Unicode (it holds a lone surrogate)"
                     ) from None
-        statements = _split(query)
-        for statement in statements:
-            if _RENAME_RESERVED.search(statement):
-                raise SqlError("sql.exec(): names starting with _opendo_ are reserved")
-        if not statements:
-            raise SqlError("sql.exec(): the query holds no statement")
+        statements, ddl, stats = _plan(query)
         conn = storage._conn("sql.exec")
         batches = storage._batches
         batches.begin()
@@ -867,7 +862,6 @@ class SqlStorage:
         before = conn.total_changes
         # DDL changes no rows; it changes the schema. Only then is it worth a flush (so a
         # CREATE TABLE IF NOT EXISTS run by every constructor costs no fsync).
-        ddl = _DDL.search(query) is not None
         schema = _schema_version(conn) if ddl else 0
         db.user_sql, db.refused, db.wrote = True, None, False
         try:
@@ -891,7 +885,7 @@ class SqlStorage:
             db.user_sql = False
         written = conn.total_changes - before
         if written or (
-            ddl and db.wrote and (_schema_version(conn) != schema or _STATS.search(query))
+            ddl and db.wrote and (stats or _schema_version(conn) != schema)
         ):
             batches.wrote()
         return SqlCursor(columns, rows, written)
@@ -914,6 +908,29 @@ def _schema_version(conn: sqlite3.Connection) -> int:
 
 
 _RENAME_RESERVED = re.compile(r"\bRENAME\b.*\bTO\b\s*[\"'`\[]?_opendo_", re.I | re.S)
+
+_PLANS: dict[str, tuple[tuple[str, ...], bool, bool]] = {}
+_PLAN_CACHE = 1024
+
+
+def _plan(query: str) -> tuple[tuple[str, ...], bool, bool]:
+    """The statements of ``query``, whether it may be DDL, and whether it may be ANALYZE or
+    REINDEX — worked out once per query text (objects run the same few queries again and
+    again), and checked: no renaming to a reserved name, at least one statement."""
+    plan = _PLANS.get(query)
+    if plan is not None:
+        return plan
+    statements = tuple(_split(query))
+    for statement in statements:
+        if _RENAME_RESERVED.search(statement):
+            raise SqlError("sql.exec(): names starting with _opendo_ are reserved")
+    if not statements:
+        raise SqlError("sql.exec(): the query holds no statement")
+    plan = (statements, _DDL.search(query) is not None, _STATS.search(query) is not None)
+    if len(_PLANS) >= _PLAN_CACHE:
+        _PLANS.clear()
+    _PLANS[query] = plan
+    return plan
 
 
 def _split(query: str) -> list[str]:
