@@ -45,8 +45,11 @@ if want workerd; then start_workerd_peer; fi
 if want opendo; then start_opendo dev examples/chat --no-reload --env bench; fi
 
 # --- load -------------------------------------------------------------------------------------
-chat() { # LABEL ROOMS CLIENTS SENDERS MESSAGES
-  each_run "$1" chatload "" --rooms "$2" --clients "$3" --senders "$4" --messages "$5"
+chat() { # LABEL ROOMS CLIENTS SENDERS MESSAGES [CHATLOAD-ARG...]
+  local label="$1" rooms="$2" clients="$3" senders="$4" messages="$5"
+  shift 5
+  each_run "$label" chatload "" --rooms "$rooms" --clients "$clients" --senders "$senders" \
+    --messages "$messages" "$@"
 }
 http() { # LABEL CONCURRENCY REQUESTS
   each_run "$1" httpload /bench-http --concurrency "$2" --requests "$3"
@@ -55,6 +58,7 @@ http() { # LABEL CONCURRENCY REQUESTS
 chat "ws 1x10 s10 m100" 1 10 10 100
 chat "ws 1x200 s5 m20" 1 200 5 20
 chat "ws 50x4 s2 m50" 50 4 2 50
+chat "ws 50x4 s2 m50 r50" 50 4 2 50 --rate 50   # paced: each message its own write
 chat "ws 1x10 s10 m1000" 1 10 10 1000
 chat "ws 1x100 s10 m100" 1 100 10 100
 if [ "$HTTP" = 1 ]; then

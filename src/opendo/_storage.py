@@ -21,6 +21,12 @@ committed together and flushed together. Under load, one ``COMMIT`` and one ``fs
 many requests. (One transaction holding several batches is still atomic per batch, and
 nothing of any of them is released before all are durable.)
 
+*Flushing in rounds.* The flushes of all objects go to one flusher per event loop, which
+fsyncs every database waiting in one job on a thread of its own, then answers them all; the
+databases that ask meanwhile form the next round. Two rounds may run at once, so a quiet
+object waits for no queue, and under load one thread handoff serves many objects (each
+object's batches keep growing while its round runs).
+
 *Input gate.* Storage calls never wait for I/O on the event loop, so the input gate does not
 need to be locked for them; it is locked for the whole of an async ``transaction(fn)``, whose
 function may await other things, so that no other event can see or join it.
@@ -31,10 +37,12 @@ function may await other things, so that no other event can see or join it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import re
 import sqlite3
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -111,6 +119,84 @@ def _encode_value(key: bytes, value: Any, method: str) -> bytes:
     return data
 
 
+_LANES = 2  # flush rounds in flight at once
+
+
+class _Flusher:
+    """Flushes databases in rounds: see "Flushing in rounds" above."""
+
+    __slots__ = ("loop", "waiting", "running")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[tuple[ObjectDatabase, Callable[[BaseException | None], None]]] = []
+        self.running = 0
+
+    def flush(self, db: ObjectDatabase, done: Callable[[BaseException | None], None]) -> None:
+        """Make ``db`` durable; then ``done(None)``, or ``done(error)`` if it failed."""
+        self.waiting.append((db, done))
+        if self.running < _LANES:
+            self._round()
+
+    def _round(self) -> None:
+        batch, self.waiting = self.waiting, []
+        self.running += 1
+        future = self.loop.run_in_executor(_flush_threads(), _flush_all, [db for db, _ in batch])
+        future.add_done_callback(lambda f: self._finished(f, batch))
+
+    def _finished(
+        self,
+        future: asyncio.Future[list[BaseException | None]],
+        batch: list[tuple[ObjectDatabase, Callable[[BaseException | None], None]]],
+    ) -> None:
+        self.running -= 1
+        if future.cancelled():
+            errors: list[BaseException | None] = [asyncio.CancelledError()] * len(batch)
+        elif (failure := future.exception()) is not None:
+            errors = [failure] * len(batch)
+        else:
+            errors = future.result()
+        for (_, done), error in zip(batch, errors, strict=True):
+            done(error)
+        if self.waiting and self.running < _LANES:
+            self._round()
+
+
+def _flush_all(databases: list[ObjectDatabase]) -> list[BaseException | None]:
+    """One round, in a flusher thread: each database's fsync, and how it went."""
+    errors: list[BaseException | None] = []
+    for db in databases:
+        try:
+            db.flush()
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+_threads: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _flusher() -> _Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
+
+
+def _flush_threads() -> concurrent.futures.ThreadPoolExecutor:
+    if not _threads:
+        _threads.append(
+            concurrent.futures.ThreadPoolExecutor(_LANES, thread_name_prefix="opendo-flush")
+        )
+    return _threads[0]
+
+
 class _Batches:
     """Commits batches at the end of a turn and makes them durable through the flusher."""
 
@@ -173,23 +259,21 @@ class _Batches:
             return
         self.flushing = True
         locks, self.pending = self.pending, []
-        future = asyncio.get_running_loop().run_in_executor(None, self.db.flush)
-        future.add_done_callback(lambda f: self._flushed(f, locks))
+        _flusher().flush(self.db, lambda error: self._flushed(error, locks))
 
-    def _flushed(self, future: asyncio.Future[None], locks: list[OutputLock]) -> None:
+    def _flushed(self, error: BaseException | None, locks: list[OutputLock]) -> None:
         self.flushing = False
         if self.closed:
             self.db.close()  # its close waited for this flush
             carry, self.carry = self.carry, None
             if carry is not None:
-                if future.exception() is None:
+                if error is None:
                     carry.release()
                 else:
                     # What the next instance may have read did not reach the disk.
-                    carry.fail(future.exception() or RuntimeError())
-                    self.host.reset(f"an earlier write failed: {future.exception()!r}")
+                    carry.fail(error)
+                    self.host.reset(f"an earlier write failed: {error!r}")
             return
-        error = future.exception()
         if error is not None:
             for lock in locks:
                 lock.fail(error)
@@ -884,9 +968,7 @@ class SqlStorage:
         finally:
             db.user_sql = False
         written = conn.total_changes - before
-        if written or (
-            ddl and db.wrote and (stats or _schema_version(conn) != schema)
-        ):
+        if written or (ddl and db.wrote and (stats or _schema_version(conn) != schema)):
             batches.wrote()
         return SqlCursor(columns, rows, written)
 
