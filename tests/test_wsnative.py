@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.utils import apply_mask
 
 from opendo import App, create_app
-from opendo._wsnative import MAX_MESSAGE, NativeWebSocketProtocol, text_frame
+from opendo._wsnative import FRAMES_PER_TURN, MAX_MESSAGE, NativeWebSocketProtocol, text_frame
 
 WORKER = """
 import asyncio
@@ -612,6 +612,23 @@ async def test_two_frames_in_one_write(app: App) -> None:
         await raw.expect_message(OP_TEXT, b"one")
         await raw.expect_message(OP_BINARY, b"two")
         assert await raw.read_frame() == (True, OP_PONG, b"3")
+
+
+async def test_a_long_burst_in_one_write_is_read_a_few_frames_a_turn_and_all_arrive(
+    app: App,
+) -> None:
+    # More frames than one turn reads (FRAMES_PER_TURN): the rest are read in later turns,
+    # in order; then the connection reads again what comes next.
+    count = 10 * FRAMES_PER_TURN + 3
+    async with serve(app) as base, raw_socket(base) as raw:
+        raw.send(b"".join(frame(OP_TEXT, f"m{i}".encode()) for i in range(count)))
+        for i in range(count):
+            await raw.expect_message(OP_TEXT, f"m{i}".encode())
+        raw.send(frame(OP_TEXT, b"after"))
+        await raw.expect_message(OP_TEXT, b"after")
+        raw.send(frame(OP_TEXT, b"last") + frame(OP_CLOSE, close_payload(1000, "done")))
+        await raw.expect_message(OP_TEXT, b"last")
+        await raw.expect_close(1000)
 
 
 async def test_frames_sent_while_the_worker_decides_come_after_the_handshake(app: App) -> None:

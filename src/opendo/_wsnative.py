@@ -51,6 +51,10 @@ log = logging.getLogger("opendo")
 
 MAX_MESSAGE = 32 * 1024 * 1024  # a received message, as on Cloudflare
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the client's close frame
+# Messages read from one connection in one turn of the event loop. Each is delivered (and
+# its handler's first step run) at once; a few per turn keep the writes of a turn, and the
+# sends the output gate holds for them, in batches that stream rather than burst.
+FRAMES_PER_TURN = 4
 MAX_BUFFERED = 64 * 1024 * 1024  # unsent bytes to a client before it is dropped as too slow
 _HOP_BY_HOP = {"connection", "upgrade", "content-length", "transfer-encoding"}
 
@@ -242,7 +246,14 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         else:
             buf = data
         pos, end = 0, len(buf)
+        frames = 0
         while end - pos >= 2 and not self._closed:
+            if frames == FRAMES_PER_TURN and self._transport is not None:
+                # Enough for this turn: the rest is read in the next one.
+                self._transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._continue)
+                break
+            frames += 1
             b0, b1 = buf[pos], buf[pos + 1]
             if b0 & 0x70:
                 return self._fail(1002, "reserved bits set")
@@ -274,6 +285,14 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self._buffer = None
         elif buf is not self._buffer or pos:
             self._buffer = bytearray(buf[pos:])
+
+    def _continue(self) -> None:
+        """The next turn's share of what was read (see ``FRAMES_PER_TURN``)."""
+        if self._closed:
+            return
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        self._feed(b"")
 
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode in (OP_TEXT, OP_BINARY):
