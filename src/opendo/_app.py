@@ -19,6 +19,7 @@ from ._alarms import MAX_RETRIES, AlarmInfo, AlarmScheduler, retry_delay
 from ._api import DurableObject, Env, ExecutionContext, WorkerEntrypoint
 from ._clock import Clock, LoopClock
 from ._config import Config, ConfigError
+from ._errors import StorageError
 from ._http import Request, Response
 from ._ids import DurableObjectId
 from ._migrations import apply as apply_migrations
@@ -186,7 +187,11 @@ class Runtime:
         try:
             while True:
                 host = self.host(namespace, id)
-                storage = host.storage
+                try:
+                    storage = host.storage
+                except StorageError as exc:
+                    log.error("alarm of %s(%s) cannot run: %s", class_name, id, exc)
+                    return
                 assert isinstance(storage, Storage)
                 due = storage._alarm_now()
                 if due is None:

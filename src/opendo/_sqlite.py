@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from ._errors import StorageError
 from ._ids import DurableObjectId
 from ._migrations import MigrationError, MigrationRecord
 
@@ -98,6 +99,9 @@ class ObjectDatabase:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        # Where the driver keeps the databases whose flush failed (see mark_failed).
+        self.failures: dict[str, str] | None = None
+        self.failure_key = str(path)
         self.user_sql = False
         self.refused: str | None = None
         self.wrote = False
@@ -176,6 +180,13 @@ class ObjectDatabase:
                 os.close(fd)
             _fsync_dir(self.path.parent)
             self._synced_once = True
+
+    def mark_failed(self, error: BaseException) -> None:
+        """Its flush failed: what it committed last may not be on disk, and yet reads would
+        see it. The driver opens it no more (until the process restarts), as a database
+        server stops rather than serve what a failed fsync may have lost."""
+        if self.failures is not None:
+            self.failures[self.failure_key] = repr(error)
 
     def close(self) -> None:
         if self._wal_fd is not None:
@@ -276,11 +287,20 @@ def _read_alarm(conn: sqlite3.Connection) -> tuple[int | None, str | None]:
     return (alarm[0] if alarm else None), (name[0] if name else None)
 
 
+def _unavailable(class_name: str, id: DurableObjectId, why: str) -> StorageError:
+    return StorageError(
+        f"the storage of {class_name}({id}) failed to sync to disk ({why}); what it wrote "
+        "last may not be on disk, so it is not read again: the object is unavailable until "
+        "the server restarts"
+    )
+
+
 class SqliteDriver:
     """Databases as files: ``<persist>/<ClassName>/<id>.sqlite``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+        self.failures: dict[str, str] = {}  # databases whose flush failed, and why
 
     def path_of(self, class_name: str, id: DurableObjectId) -> Path:
         return self.directory / class_name / f"{id}.sqlite"
@@ -302,10 +322,14 @@ class SqliteDriver:
 
     def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
         path = self.path_of(class_name, id)
+        if (why := self.failures.get(str(path))) is not None:
+            raise _unavailable(class_name, id, why)
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(path.parent.parent)
-        return ObjectDatabase(path)
+        db = ObjectDatabase(path)
+        db.failures = self.failures
+        return db
 
     # -- migrations -------------------------------------------------------------------------
 
@@ -398,6 +422,7 @@ class MemoryDriver:
     def __init__(self) -> None:
         self._databases: dict[tuple[str, DurableObjectId], ObjectDatabase] = {}
         self._migrations = MigrationRecord()
+        self.failures: dict[str, str] = {}
 
     def read_migrations(self) -> MigrationRecord:
         return self._migrations
@@ -420,6 +445,9 @@ class MemoryDriver:
         db = self._databases.get(key)
         if db is None:
             db = self._databases[key] = _KeptOpen(None)
+            db.failures, db.failure_key = self.failures, f"{class_name}/{id}"
+        elif (why := self.failures.get(db.failure_key)) is not None:
+            raise _unavailable(class_name, id, why)
         return db
 
     def scan_alarms(self) -> Iterator[StoredAlarm]:

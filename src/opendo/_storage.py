@@ -265,6 +265,8 @@ class _Batches:
         self.flushing = False
         if self.closed:
             self.db.close()  # its close waited for this flush
+            if error is not None:
+                self.db.mark_failed(error)
             carry, self.carry = self.carry, None
             if carry is not None:
                 if error is None:
@@ -275,6 +277,7 @@ class _Batches:
                     self.host.reset(f"an earlier write failed: {error!r}")
             return
         if error is not None:
+            self.db.mark_failed(error)
             for lock in locks:
                 lock.fail(error)
             self.fail(error)
