@@ -32,6 +32,7 @@ PUBLIC = CHAT / "public"
 RECV_TIMEOUT = 5.0  # generous bound for a frame that must arrive
 
 HISTORY = 100  # the README's numbers
+TRIM_EVERY = 20  # examples/chat/worker.py deletes older messages every 20 messages
 MAX_FRAME = 4096
 BURST, PER_SECOND = 10, 2.0
 ANNOUNCE_UP_TO = 256
@@ -611,7 +612,15 @@ async def test_the_history_keeps_the_last_100_messages(chat: Chat) -> None:
     newest = await chat.join("busy")
     assert newest.history == sent[1:]  # message 101 pushed message 1 out
     assert newest.history[0]["text"] == "message 2"
-    assert chat.stored_messages("busy") == sent[1:]
+    # Storage is trimmed every TRIM_EVERY messages: at message 120 it holds 21..120.
+    assert chat.stored_messages("busy") == sent
+    while len(sent) < HISTORY + TRIM_EVERY:
+        sender = await chat.join("busy")  # a fresh rate-limit bucket for each few
+        for _ in range(min(BURST, HISTORY + TRIM_EVERY - len(sent))):
+            sent.append(await chat.say(sender, f"message {len(sent) + 1}"))
+        await chat.leave(sender)
+    assert chat.stored_messages("busy") == sent[-HISTORY:]
+    assert (await chat.join("busy")).history == sent[-HISTORY:]
 
 
 async def _until_closed(client: Client) -> list[Frame]:

@@ -19,6 +19,7 @@ import weakref
 from opendo import DurableObject, Request, Response, WebSocket, WebSocketPair, WorkerEntrypoint
 
 HISTORY = 100  # messages kept and sent to a client that joins
+TRIM_EVERY = 20  # older messages are deleted every 20 messages, not on each one
 MAX_FRAME = 4096  # bytes in one frame from a client
 MAX_NAME = 32  # characters in a display name
 BURST = 10  # rate limit: a bucket of 10 messages, refilled at [vars] MESSAGES_PER_SECOND
@@ -100,18 +101,15 @@ class Chat(DurableObject):
             )
         user = ws.deserialize_attachment()
         at = int(time.time() * 1000)
-        self.sql.exec(
-            "INSERT INTO messages (sender, name, text, at) VALUES (?, ?, ?, ?)",
+        seq = self.sql.exec(
+            "INSERT INTO messages (sender, name, text, at) VALUES (?, ?, ?, ?) RETURNING seq",
             user["id"],
             user["name"],
             text,
             at,
-        )
-        self.sql.exec(
-            "DELETE FROM messages WHERE seq <= (SELECT seq FROM messages ORDER BY seq DESC "
-            "LIMIT 1 OFFSET ?)",
-            HISTORY,
-        )
+        ).one()["seq"]
+        if seq % TRIM_EVERY == 0:
+            self.sql.exec("DELETE FROM messages WHERE seq <= ?", seq - HISTORY)
         frame = {"from": user["id"], "text": text, "name": user["name"], "at": at}
         broadcast(self.ctx.get_websockets(), frame)
 
