@@ -94,6 +94,15 @@ def get(port: int, path: str) -> dict[str, Any]:
         return result
 
 
+def refused(*args: str | Path) -> str:
+    """``opendo ARGS`` exits with 2 before it serves; its stderr (which has no traceback)."""
+    with run_opendo(*args) as server:
+        assert server.proc.wait(timeout=30) == 2
+        stderr = server.drain_stderr()
+    assert "Traceback" not in stderr
+    return stderr
+
+
 def record(state: Path) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((state / "migrations.json").read_text())
     return result
@@ -137,14 +146,10 @@ def test_rename_then_delete_across_server_restarts(tmp_path: Path) -> None:
 
     # v3 deletes the class while a binding still names it: refused, nothing removed.
     project(root, "Memo", V3)
-    with run_opendo(*serve) as server:
-        assert server.proc.wait(timeout=30) == 2
-        stderr = server.drain_stderr()
     assert (
         "durable_objects.bindings[0].class_name: class 'Memo' is deleted by migration 'v3', "
-        "but the binding 'NOTES' still names it: remove the binding" in stderr
+        "but the binding 'NOTES' still names it: remove the binding" in refused(*serve)
     )
-    assert "Traceback" not in stderr
     assert (state / "Memo" / f"{first['id']}.sqlite").is_file()
 
     # Without the binding, the migration removes the class's data, once.
@@ -163,14 +168,11 @@ def test_a_migration_removed_from_the_config_stops_the_server_clearly(tmp_path: 
         server.wait_ready()
         server.stop(signal.SIGTERM)
     project(root, "Note", V1.replace('"v1"', '"first"'))
-    with run_opendo("serve", root, "--port", "0", "--persist-to", state) as server:
-        assert server.proc.wait(timeout=30) == 2
-        stderr = server.drain_stderr()
     assert (
         "opendo: the persist directory has applied migration 'v1', which opendo.toml no "
-        "longer lists: a migration cannot be removed once applied" in stderr
+        "longer lists: a migration cannot be removed once applied"
+        in refused("serve", root, "--port", "0", "--persist-to", state)
     )
-    assert "Traceback" not in stderr
 
 
 # -- in process: the pytest plugin's projects on one storage directory --------------------------

@@ -326,11 +326,7 @@ class ObjectHost:
                 except StopIteration as stop:
                     result = stop.value
                 else:
-                    task = asyncio.get_running_loop().create_task(
-                        self._resume(coro, step, future, generation), context=context
-                    )
-                    self._events.add(task)
-                    task.add_done_callback(self._events.discard)
+                    self._continue_in_task(_Continue(coro, step), future, generation, context)
                     return
         except Exception as exc:
             self._running -= 1
@@ -342,9 +338,7 @@ class ObjectHost:
             if self._queue:
                 self._pump()
         if inspect.isawaitable(result):  # not a coroutine: a future, or another awaitable
-            task = asyncio.ensure_future(self._finish(result, future, generation))
-            self._events.add(task)
-            task.add_done_callback(self._events.discard)
+            self._continue_in_task(result, future, generation, context)
         else:
             self._running -= 1
             self._respond(future, result, generation)
@@ -355,35 +349,23 @@ class ObjectHost:
         _current_host.set(self)
         _current_event.set(object())
 
-    async def _resume(
+    def _continue_in_task(
         self,
-        coro: Coroutine[Any, Any, Any],
-        step: Any,
+        awaitable: Awaitable[Any],
         future: asyncio.Future[Any] | None,
         generation: int,
+        context: contextvars.Context,
     ) -> None:
-        """The rest of an event whose first step ran in ``_start`` (in its context)."""
-        try:
-            result = await _Continue(coro, step)
-        except asyncio.CancelledError:
-            if future is not None and not future.done():
-                future.set_exception(DurableObjectResetError("the call was cancelled"))
-            raise
-        except Exception as exc:
-            self._fail(future, exc)
-        else:
-            self._respond(future, result, generation)
-        finally:
-            self._running -= 1
-            self._maybe_idle()
+        task = asyncio.get_running_loop().create_task(
+            self._settle(awaitable, future, generation), context=context
+        )
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
-    async def _finish(
+    async def _settle(
         self, awaitable: Awaitable[Any], future: asyncio.Future[Any] | None, generation: int
     ) -> None:
-        token = _current_host.set(self)
-        # Runs right after this step — the user code's first step — so the next event starts
-        # only once this one has run up to its first await (and taken any input lock).
-        asyncio.get_running_loop().call_soon(self._first_step_done)
+        """The rest of an event that suspended (in a task, in the event's context)."""
         try:
             result = await awaitable
         except asyncio.CancelledError:
@@ -395,14 +377,8 @@ class ObjectHost:
         else:
             self._respond(future, result, generation)
         finally:
-            _current_host.reset(token)
             self._running -= 1
             self._maybe_idle()
-
-    def _first_step_done(self) -> None:
-        self._starting = False
-        if self._queue:
-            self._pump()
 
     def _respond(self, future: asyncio.Future[Any] | None, result: Any, generation: int) -> None:
         if future is None:
