@@ -4,6 +4,7 @@ the real ``opendo`` console script as a child process (``run_opendo``)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import queue
 import re
@@ -251,6 +252,19 @@ def run_opendo(*args: str | Path, stderr_log: Path | None = None) -> Iterator[Op
         process.close()
 
 
+async def run_inside(instance: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn(instance)``, awaited if it returns an awaitable: what a test object's ``run``
+    RPC method does. pytest's failures are BaseExceptions, which an object does not hand to
+    its caller: they become an AssertionError that reaches the test."""
+    try:
+        result = fn(instance)
+        if inspect.isawaitable(result):
+            result = await result
+    except pytest.fail.Exception as exc:
+        raise AssertionError(str(exc)) from None
+    return result
+
+
 # -- storage drivers: every storage test runs over each of them -----------------------------
 
 FLUSH_LIMIT = 30.0  # a held flush gives up after this (never reached by a passing test)
@@ -332,6 +346,18 @@ class GatedDriver(SqliteDriver):
 
     async def flush_started(self, count: int) -> None:
         await self.wait_until(lambda: self.calls >= count)
+
+
+@pytest.fixture
+async def gated_driver(tmp_path: Path) -> AsyncIterator[GatedDriver]:
+    """A ``GatedDriver`` under ``tmp_path``; released (and its flushes done) afterwards."""
+    gated = GatedDriver(tmp_path / "state")
+    try:
+        yield gated
+    finally:
+        gated.error = None
+        gated.release()
+        await gated.wait_until(lambda: gated.in_flight == 0)
 
 
 DRIVERS = ["sqlite", "memory"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import reopen, run_opendo, wait_for
+from conftest import reopen, run_inside, run_opendo, wait_for
 
 from opendo import (
     AlarmInfo,
@@ -93,13 +93,7 @@ class Alarmed(DurableObject):
 
     async def run(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(self)`` inside the object (awaiting it if it returns an awaitable)."""
-        try:
-            result = fn(self)
-            if inspect.isawaitable(result):
-                result = await result
-        except pytest.fail.Exception as exc:
-            raise AssertionError(str(exc)) from None
-        return result
+        return await run_inside(self, fn)
 
     async def alarm(self, info: AlarmInfo) -> None:
         probe.running += 1

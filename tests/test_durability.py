@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,8 @@ QUIET = 0.3  # how long we watch to conclude that something does not happen
 
 
 @pytest.fixture
-async def driver(tmp_path: Path) -> AsyncIterator[GatedDriver]:
-    gated = GatedDriver(tmp_path / "state")
-    try:
-        yield gated
-    finally:
-        gated.error = None
-        gated.release()
-        await gated.wait_until(lambda: gated.in_flight == 0)
+def driver(gated_driver: GatedDriver) -> GatedDriver:
+    return gated_driver
 
 
 # -- a small object with storage, RPC and WebSockets ----------------------------------------
@@ -179,6 +172,15 @@ async def assert_silent(ws: ClientConnection, within: float = QUIET) -> None:
 async def warm_up(stub: Any) -> None:
     """One healthy write, so the database exists and its first (directory) sync is done."""
     assert await stub.put("warm", 0) == 0
+
+
+async def warm_box(driver: GatedDriver) -> tuple[Runtime, Any, list[Any]]:
+    """A runtime over ``driver``, the stub of its object "box", warmed up, and the log."""
+    log: list[Any] = []
+    runtime = box_runtime(driver, log)
+    stub = runtime.env.BOX.get_by_name("box")
+    await warm_up(stub)
+    return runtime, stub, log
 
 
 # -- no lost updates ------------------------------------------------------------------------
@@ -444,10 +446,7 @@ async def test_a_failed_flush_turns_held_http_responses_into_errors(
 
 
 async def test_reads_see_a_write_at_once_while_its_flush_is_held(driver: GatedDriver) -> None:
-    log: list[Any] = []
-    runtime = box_runtime(driver, log)
-    stub = runtime.env.BOX.get_by_name("box")
-    await warm_up(stub)
+    runtime, stub, log = await warm_box(driver)
     flushes = driver.calls
     driver.hold()
 
@@ -464,10 +463,7 @@ async def test_reads_see_a_write_at_once_while_its_flush_is_held(driver: GatedDr
 
 
 async def test_the_input_gate_stays_open_during_a_flush(driver: GatedDriver) -> None:
-    log: list[Any] = []
-    runtime = box_runtime(driver, log)
-    stub = runtime.env.BOX.get_by_name("box")
-    await warm_up(stub)
+    runtime, stub, log = await warm_box(driver)
     flushes = driver.calls
     driver.hold()
 
@@ -485,10 +481,7 @@ async def test_the_input_gate_stays_open_during_a_flush(driver: GatedDriver) -> 
 
 
 async def test_sync_waits_for_the_flush(driver: GatedDriver) -> None:
-    log: list[Any] = []
-    runtime = box_runtime(driver, log)
-    stub = runtime.env.BOX.get_by_name("box")
-    await warm_up(stub)
+    runtime, stub, log = await warm_box(driver)
     assert await asyncio.wait_for(stub.sync(), RECV) == "synced"  # nothing to wait for
     flushes = driver.calls
     driver.hold()
@@ -546,10 +539,7 @@ async def test_a_close_after_a_failed_write_becomes_1011(driver: GatedDriver) ->
 
 
 async def test_a_reset_during_a_flush_settles_every_held_call(driver: GatedDriver) -> None:
-    log: list[Any] = []
-    runtime = box_runtime(driver, log)
-    stub = runtime.env.BOX.get_by_name("box")
-    await warm_up(stub)
+    runtime, stub, log = await warm_box(driver)
     flushes = driver.calls
     driver.hold()
 

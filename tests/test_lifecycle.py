@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -283,13 +282,8 @@ async def test_a_failure_in_wait_until_is_logged_not_raised(
 
 
 @pytest.fixture
-async def driver(tmp_path: Path) -> AsyncIterator[GatedDriver]:
-    held = GatedDriver(tmp_path / "state")
-    try:
-        yield held
-    finally:
-        held.release()
-        await wait_for(lambda: held.in_flight == 0)
+def driver(gated_driver: GatedDriver) -> GatedDriver:
+    return gated_driver
 
 
 async def test_abort_drops_a_write_of_the_same_turn(driver: GatedDriver) -> None:

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import reopen
+from conftest import reopen, run_inside
 
 from opendo import (
     CodecError,
@@ -54,15 +54,7 @@ class Box(DurableObject):
         self.kept: Any = None
 
     async def run(self, fn: Callable[[Any], Any]) -> Any:
-        try:
-            result = fn(self)
-            if inspect.isawaitable(result):
-                result = await result
-        except pytest.fail.Exception as exc:
-            # pytest's failures are BaseExceptions, which an object does not hand to its
-            # caller: turn them into an AssertionError that reaches the test.
-            raise AssertionError(str(exc)) from None
-        return result
+        return await run_inside(self, fn)
 
 
 class Counter(DurableObject):
