@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 
 from opendo import App, MemoryDriver, SqliteDriver, StorageDriver
-from opendo._wsnative import HttpProtocol, NativeWebSocketProtocol
+from opendo._httpserver import HttpProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ROOT / "examples" / "chat"
@@ -59,7 +59,7 @@ async def serve(app: App, ws: str = "native") -> AsyncIterator[str]:
         host="127.0.0.1",
         port=0,
         http=HttpProtocol if ws == "native" else "httptools",
-        ws=NativeWebSocketProtocol if ws == "native" else "websockets-sansio",
+        ws="none" if ws == "native" else "websockets-sansio",
         ws_per_message_deflate=False,
         lifespan="on",
         log_level="warning",

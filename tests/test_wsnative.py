@@ -25,7 +25,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.utils import apply_mask
 
 from opendo import App, create_app
-from opendo._wsnative import FRAMES_PER_TURN, MAX_MESSAGE, NativeWebSocketProtocol, text_frame
+from opendo._gateway import Limits
+from opendo._httpserver import HttpProtocol
+from opendo._wscodec import text_frame
+from opendo._wsnative import FRAMES_PER_TURN, WebSocketConnection
 
 WORKER = """
 import asyncio
@@ -108,6 +111,7 @@ class_name = "Echo"
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 TIMEOUT = 5.0
+MAX_MESSAGE = Limits().max_message_bytes
 
 
 @pytest.fixture
@@ -586,14 +590,14 @@ async def test_a_frame_written_one_byte_at_a_time(
 ) -> None:
     chunks: list[int] = []
     arrived = asyncio.Event()
-    original = NativeWebSocketProtocol.data_received
+    original = WebSocketConnection.data_received
 
-    def data_received(self: NativeWebSocketProtocol, data: bytes) -> None:
+    def data_received(self: WebSocketConnection, data: bytes) -> None:
         chunks.append(len(data))
         arrived.set()
         original(self, data)
 
-    monkeypatch.setattr(NativeWebSocketProtocol, "data_received", data_received)
+    monkeypatch.setattr(WebSocketConnection, "data_received", data_received)
     async with serve(app) as base, raw_socket(base) as raw:
         payload = ("x" * 200 + "é").encode()  # a 16-bit length, a multi-byte character
         data = frame(OP_TEXT, payload)
@@ -707,13 +711,13 @@ async def test_a_disconnect_during_the_handshake_closes_the_objects_socket(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lost = asyncio.Event()
-    original = NativeWebSocketProtocol.connection_lost
+    original = HttpProtocol.connection_lost
 
-    def connection_lost(self: NativeWebSocketProtocol, exc: Exception | None) -> None:
+    def connection_lost(self: HttpProtocol, exc: Exception | None) -> None:
         original(self, exc)
         lost.set()
 
-    monkeypatch.setattr(NativeWebSocketProtocol, "connection_lost", connection_lost)
+    monkeypatch.setattr(HttpProtocol, "connection_lost", connection_lost)
     mod = _module(app)
     reached, release = asyncio.Event(), asyncio.Event()
     mod.gate = (reached, release)
@@ -754,3 +758,33 @@ async def test_a_broadcast_is_the_same_bytes_on_every_socket(app: App) -> None:
         r2.send(frame(OP_TEXT, "!broadcast:héllo all".encode()))
         frames = [await raw.read_raw_frame() for raw in (r1, r2, r3)]
         assert frames == [b"\x81\x0a" + "héllo all".encode()] * 3
+
+
+# -- invalid UTF-8 fails at the first bad byte -------------------------------------------------
+
+
+async def test_invalid_utf8_in_a_first_fragment_fails_before_the_message_ends(app: App) -> None:
+    async with serve(app) as base, raw_socket(base, "/ws/room/utf8a") as raw:
+        raw.send(frame(OP_TEXT, "κόσμε".encode() + b"\xce\xba\xe1\x80", fin=False))
+        raw.send(frame(OP_CONT, b"\xed\xa0\x80", fin=False))  # a surrogate: never valid
+        await raw.expect_close(1007)
+
+
+async def test_invalid_utf8_fails_while_its_frame_is_still_arriving(app: App) -> None:
+    async with serve(app) as base, raw_socket(base, "/ws/room/utf8b") as raw:
+        payload = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80" + b"x" * 1000
+        data = frame(OP_TEXT, payload)
+        raw.send(data[:30])  # the header and the first bytes, the bad ones among them
+        await raw.expect_close(1007)
+
+
+async def test_a_valid_text_split_across_fragments_inside_a_character(app: App) -> None:
+    async with serve(app) as base, raw_socket(base, "/ws/room/utf8c") as raw:
+        text = "aé€𝄞z".encode()
+        raw.send(frame(OP_TEXT, text[:2], fin=False))
+        raw.send(frame(OP_CONT, text[2:5], fin=False))
+        data = frame(OP_CONT, text[5:])
+        for i in range(len(data)):  # the last fragment a byte at a time
+            raw.send(data[i : i + 1])
+            await asyncio.sleep(0)
+        await raw.expect_message(OP_TEXT, text)

@@ -1,16 +1,21 @@
-"""The ASGI application: HTTP and WebSocket requests into the Worker entry point.
+"""The ASGI application: HTTP and WebSocket requests into the gateway.
 
-``App(runtime, assets)`` is a plain ASGI 3 application, so it runs under uvicorn (what the
-CLI uses), under any ASGI server, or mounted in a Starlette/FastAPI app. Assets are served
-first; everything else becomes a ``Request`` for the Worker. A WebSocket handshake is a
-request too: when the Worker answers ``Response(status=101, web_socket=client)``, the
-connection is accepted and the client end is bound to it; any other answer is sent back as
-a plain HTTP response to the handshake.
+``App(runtime, assets)`` is a plain ASGI 3 application, so it runs under any ASGI server
+(uvicorn, hypercorn, granian …) or mounted in a Starlette or FastAPI app. What a request
+means — its URL, the checks on its head, assets, the Worker call, the upgrade decision — is
+the gateway's (``_gateway``), the same as under opendo's own server; this module only
+translates ASGI messages.
 
-Sending is the hot path of a chat: one message is sent to every socket of a room, from a
-synchronous ``ws.send()``. ``_AsgiTransport`` runs the ASGI ``send`` coroutine inline
-(it completes without suspending whenever the connection is writable), and only when it
-does suspend — under back-pressure — parks it, and the messages after it, in a task.
+*Mounted.* Under a prefix (``app.mount("/do", opendo_app)``) the Worker sees the path below
+it (``/counter/a``, not ``/do/counter/a``): ``root_path`` is taken off. A mounted app gets no
+lifespan events (Starlette does not pass them on), so the runtime starts at the first request
+when no ``lifespan.startup`` came.
+
+*Sending* is the hot path of a chat: one message is sent to every socket of a room, from a
+synchronous ``ws.send()``. ``_AsgiTransport`` steps the ASGI ``send`` awaitable inline (it
+completes without suspending whenever the connection is writable), and only when it does
+suspend — under back-pressure — parks it, and the messages after it, in a task. It steps any
+awaitable (a coroutine, or a server's own future type), as a task would.
 """
 
 from __future__ import annotations
@@ -18,12 +23,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
 from ._app import Runtime
-from ._assets import Asset, Assets
+from ._assets import Assets
+from ._gateway import (
+    ClientGone,
+    Gateway,
+    Limits,
+    RequestTooLarge,
+    discard_websocket,
+    etag_matches,
+)
 from ._http import Headers, Request, Response
 
 __all__ = ["App"]
@@ -35,16 +48,19 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_SMALL_FILE = 256 * 1024
+_etag_matches = etag_matches  # the pytest plugin's name for it
 _HOP_BY_HOP = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions"}
 
 
 class App:
     """An ASGI application serving one opendo project."""
 
-    def __init__(self, runtime: Runtime, assets: Assets | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, assets: Assets | None = None, limits: Limits | None = None
+    ) -> None:
         self.runtime = runtime
         self.assets = assets
+        self.gateway = Gateway(runtime, assets, limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -60,7 +76,7 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.runtime.start()
+                    self.gateway.start()
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -71,43 +87,62 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _head(self, scope: Scope, headers: Headers, websocket: bool | None) -> Any:
+        path, query = _target(scope)
+        server = scope.get("server")
+        where = None
+        if server:
+            host, port = server[0], server[1]
+            where = host if port is None else f"{host}:{port}"
+        return self.gateway.read_head(
+            scope.get("method", "GET"),
+            path,
+            query,
+            scope.get("http_version", "1.1"),
+            headers,
+            scheme=scope.get("scheme", "http"),
+            server=where,
+            websocket=websocket,
+        )
+
     # -- HTTP -----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         method = scope["method"]
-        if self.assets is not None and method in ("GET", "HEAD"):
-            asset = self.assets.match(_raw_path(scope), headers)
-            if asset is not None:
-                await _send_asset(asset, headers, method == "HEAD", send)
-                return
+        incoming = self._head(scope, headers, None)
+        if isinstance(incoming, Response):
+            await _send_response(incoming, method == "HEAD", send)
+            return
+        if incoming.websocket:
+            # A valid handshake that the ASGI server passed on as plain HTTP: it cannot upgrade.
+            await _send_response(
+                Response("this server does not accept WebSocket upgrades here\n", status=400),
+                method == "HEAD",
+                send,
+            )
+            return
+        limit = self.gateway.limits.max_body_bytes
 
         async def read_body() -> bytes:
             chunks = []
+            size = 0
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    break
-                chunks.append(message.get("body", b""))
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLarge
+                chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
             return b"".join(chunks)
 
-        request = Request(
-            _url(scope, headers), method=method, headers=headers, body_reader=read_body
-        )
-        response = await self._ask_worker(request)
-        if response.status == 101:
-            log.error("the Worker answered 101 to a request that is not a WebSocket upgrade")
-            response = Response("Internal Server Error", status=500)
+        request = Request(incoming.url, method=method, headers=headers, body_reader=read_body)
+        response = await self.gateway.respond(incoming, request)
         await _send_response(response, method == "HEAD", send)
-
-    async def _ask_worker(self, request: Request) -> Response:
-        try:
-            return await self.runtime.fetch(request)
-        except Exception:
-            log.exception("%s %s failed", request.method, request.url)
-            return Response("Internal Server Error", status=500)
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -116,8 +151,12 @@ class App:
         if message["type"] != "websocket.connect":
             return
         headers = _headers(scope)
-        request = Request(_url(scope, headers), method="GET", headers=headers)
-        response = await self._ask_worker(request)
+        incoming = self._head(scope, headers, True)
+        if isinstance(incoming, Response):
+            await _reject(scope, incoming, send)
+            return
+        request = Request(incoming.url, method="GET", headers=headers)
+        response = await self.gateway.respond(incoming, request)
         client = response.web_socket
         if response.status != 101 or client is None:
             await _reject(scope, response, send)
@@ -132,7 +171,11 @@ class App:
             accept["headers"] = extra
         if (subprotocol := response.headers.get("sec-websocket-protocol")) is not None:
             accept["subprotocol"] = subprotocol
-        await send(accept)
+        try:
+            await send(accept)
+        except Exception:
+            discard_websocket(response)  # the client left while the Worker decided
+            raise
         transport = _AsgiTransport(send)
         client._bind(transport)
         code, reason = 1006, ""
@@ -180,36 +223,27 @@ class _AsgiTransport:
         if self._parked:
             self._backlog.append(message)
             return
-        coro: Coroutine[Any, Any, None] = self._send(message)  # type: ignore[assignment]
         try:
-            waiting_on = coro.send(None)
+            steps = self._send(message).__await__()
+            waiting_on = steps.send(None)
         except StopIteration:
             return
         except Exception as exc:
             self._lost(exc)
             return
         self._parked = True
-        asyncio.ensure_future(self._resume(coro, waiting_on))
+        asyncio.ensure_future(self._resume(_Rest(steps, waiting_on)))
 
-    async def _resume(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    async def _resume(self, rest: _Rest) -> None:
         """Finish a send that suspended (as a Task would), then the messages behind it."""
         try:
-            while True:
-                if isinstance(waiting_on, asyncio.Future):
-                    waiting_on._asyncio_future_blocking = False
-                    await asyncio.wait([waiting_on])
-                else:
-                    await asyncio.sleep(0)
-                try:
-                    waiting_on = coro.send(None)
-                except StopIteration:
-                    break
+            await rest
             while self._backlog and not self.closed:
                 await self._send(self._backlog.popleft())
         except Exception as exc:
             self._lost(exc)
         finally:
-            coro.close()
+            rest.close()
             self._parked = False
 
     def _lost(self, exc: BaseException) -> None:
@@ -219,60 +253,102 @@ class _AsgiTransport:
         self._backlog.clear()
 
 
+class _Rest:
+    """The rest of an awaitable whose first step already ran and yielded ``step``: awaiting
+    this hands each yielded value to the task running it and sends back what it is sent."""
+
+    __slots__ = ("_steps", "_step")
+
+    def __init__(self, steps: Generator[Any, Any, Any], step: Any) -> None:
+        self._steps = steps
+        self._step = step
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps, step = self._steps, self._step
+        while True:
+            try:
+                sent = yield step
+            except BaseException as exc:  # thrown in by the task: a cancellation
+                try:
+                    step = steps.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                step = steps.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+    def close(self) -> None:
+        close = getattr(self._steps, "close", None)
+        if close is not None:
+            close()
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
 def _headers(scope: Scope) -> Headers:
-    return Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+    return Headers._trusted(
+        [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+    )
 
 
-def _raw_path(scope: Scope) -> str:
+def _target(scope: Scope) -> tuple[str, str]:
+    """The raw path below the app's mount point (percent-encoding kept), and the query."""
+    root = scope.get("root_path") or ""
+    path = scope["path"]
     raw = scope.get("raw_path")
     if raw:
-        return str(raw.decode("latin-1").partition("?")[0])
-    return quote(scope["path"])
+        target = raw.decode("latin-1").partition("?")[0]
+        quoted_root = quote(root)
+        if root and target.startswith(quoted_root):
+            target = target[len(quoted_root) :]
+        elif root and path.startswith(root):
+            target = quote(path[len(root) :])
+    else:
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        target = quote(path)
+    if not target.startswith("/"):
+        target = "/" + target
+    query = scope.get("query_string") or b""
+    return target, query.decode("latin-1")
 
 
-def _url(scope: Scope, headers: Headers) -> str:
-    scheme = scope.get("scheme", "http")
-    if scheme == "ws":
-        scheme = "http"
-    elif scheme == "wss":
-        scheme = "https"
-    host = headers.get("host")
-    if not host:
-        server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    url = f"{scheme}://{host}{_raw_path(scope)}"
-    if query := scope.get("query_string"):
-        url += "?" + query.decode("latin-1")
-    return url
-
-
-def _encode_headers(headers: Headers, body_length: int | None) -> list[tuple[bytes, bytes]]:
-    out = [
-        (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in headers.items()
-        if k != "content-length"
-    ]
+def _encode_headers(
+    headers: Headers, body_length: int | None, head: bool = False
+) -> list[tuple[bytes, bytes]]:
+    out = []
+    length = None
+    for k, v in headers.items():
+        if k == "content-length":
+            length = v
+            continue
+        out.append((k.encode("latin-1"), v.encode("latin-1", "replace")))
     if body_length is not None:
-        out.append((b"content-length", str(body_length).encode()))
+        if not (head and body_length == 0 and length is not None):
+            length = str(body_length)
+        out.append((b"content-length", length.encode()))
     return out
 
 
 async def _send_response(response: Response, head: bool, send: Send) -> None:
     body = response.body
+    status = response.status
+    no_body = status in (204, 304) or status < 200
     await send(
         {
             "type": "http.response.start",
-            "status": response.status,
-            "headers": _encode_headers(response.headers, len(body)),
+            "status": status,
+            "headers": _encode_headers(response.headers, None if no_body else len(body), head),
         }
     )
-    await send({"type": "http.response.body", "body": b"" if head else body})
+    await send({"type": "http.response.body", "body": b"" if head or no_body else body})
 
 
 async def _reject(scope: Scope, response: Response, send: Send) -> None:
+    discard_websocket(response)
     if "websocket.http.response" in scope.get("extensions", {}):
         status = response.status if response.status != 101 else 500
         await send(
@@ -285,40 +361,3 @@ async def _reject(scope: Scope, response: Response, send: Send) -> None:
         await send({"type": "websocket.http.response.body", "body": response.body})
     else:
         await send({"type": "websocket.close", "code": 1008})
-
-
-async def _send_asset(asset: Asset, headers: Headers, head: bool, send: Send) -> None:
-    common = [
-        (b"content-type", asset.content_type.encode()),
-        (b"etag", asset.etag.encode()),
-        (b"cache-control", b"public, max-age=0, must-revalidate"),
-    ]
-    if _etag_matches(headers.get("if-none-match"), asset.etag):
-        await send({"type": "http.response.start", "status": 304, "headers": common})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    if head:
-        body = b""
-    elif asset.size <= _SMALL_FILE:
-        body = asset.path.read_bytes()
-    else:
-        body = await asyncio.to_thread(asset.path.read_bytes)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [*common, (b"content-length", str(asset.size).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    """RFC 9110 If-None-Match: ``*`` or a list of (possibly weak) entity tags."""
-    if header is None:
-        return False
-    for candidate in header.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
-            return True
-    return False

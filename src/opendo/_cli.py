@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import click
 
 from ._app import Runtime
 from ._config import ConfigError, load_config
+from ._gateway import LIMIT_HELP, Limits
 from ._migrations import MigrationError, pending
 from ._sqlite import read_migrations
 
@@ -31,9 +33,15 @@ def _run(
     env: str | None,
     reload: bool,
     log_level: str,
+    limits: dict[str, Any],
 ) -> None:
     from ._server import serve
 
+    try:
+        chosen = Limits(**{k: v for k, v in limits.items() if v is not None})
+    except ValueError as exc:
+        click.echo(f"opendo: {exc}", err=True)
+        sys.exit(2)
     try:
         config = load_config(project, env)
         Runtime.from_config(config)  # import the Worker module: fail now, and clearly
@@ -49,6 +57,7 @@ def _run(
             persist_to=persist,
             reload=reload,
             log_level=log_level,
+            limits=chosen,
         )
     except (ConfigError, MigrationError) as exc:
         click.echo(f"opendo: {exc}", err=True)
@@ -81,6 +90,19 @@ _options = [
 ]
 
 
+for _field in dataclasses.fields(Limits):
+    _default = None if _field.name == "max_connections" else _field.default
+    _options.append(
+        click.option(
+            "--" + _field.name.replace("_", "-"),
+            _field.name,
+            type=click.IntRange(min=1) if _field.type == "int" else click.FloatRange(min=0.001),
+            default=None,
+            help=LIMIT_HELP[_field.name] + ("" if _default is None else f" Default: {_default}."),
+        )
+    )
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -88,6 +110,13 @@ def _with_options(f: F) -> F:
     for option in reversed(_options):
         f = option(f)
     return f
+
+
+_LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def _limits(options: dict[str, Any]) -> dict[str, Any]:
+    return {name: options.pop(name) for name in _LIMIT_NAMES}
 
 
 @main.command()
@@ -106,9 +135,10 @@ def dev(
     env: str | None,
     log_level: str,
     reload: bool,
+    **limits: Any,
 ) -> None:
     """Run PROJECT (a directory with opendo.toml) locally for development."""
-    _run(project, port, ip, persist_to, env, reload, log_level)
+    _run(project, port, ip, persist_to, env, reload, log_level, _limits(limits))
 
 
 @main.command()
@@ -120,9 +150,10 @@ def serve(
     persist_to: Path | None,
     env: str | None,
     log_level: str,
+    **limits: Any,
 ) -> None:
     """Run PROJECT in production (no reloading)."""
-    _run(project, port, ip, persist_to, env, False, log_level)
+    _run(project, port, ip, persist_to, env, False, log_level, _limits(limits))
 
 
 # -- opendo objects ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,9 @@ __all__ = ["Headers", "Request", "Response"]
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 
 BodyReader = Callable[[], Awaitable[bytes]]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
 
 
 class Headers:
@@ -46,10 +50,21 @@ class Headers:
         self.delete(name)
         self.append(name, value)
 
+    @classmethod
+    def _trusted(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers a server already parsed and checked (names in lower case)."""
+        headers = cls.__new__(cls)
+        headers._items = pairs
+        return headers
+
     def append(self, name: str, value: str) -> None:
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError("header names and values must be str")
-        self._items.append((name.lower(), value))
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r:.80}: expected an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name!r}: it may not contain CR, LF or NUL")
+        self._items.append((name.lower(), value.strip(" \t")))
 
     def delete(self, name: str) -> None:
         key = name.lower()
@@ -181,6 +196,12 @@ class Response:
             raise ValueError("a response with web_socket must have status 101")
         if status == 101 and web_socket is None:
             raise ValueError("status 101 needs web_socket= (the client end of a WebSocketPair)")
+        if status_text is not None and (
+            not isinstance(status_text, str) or _BAD_VALUE.search(status_text)
+        ):
+            raise ValueError(
+                f"invalid status_text {status_text!r:.80}: a str without CR, LF or NUL"
+            )
         self.status = status
         self.status_text = status_text if status_text is not None else _PHRASES.get(status, "")
         self.headers = Headers(headers)

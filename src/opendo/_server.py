@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -19,9 +21,10 @@ from ._asgi import App
 from ._assets import Assets
 from ._clock import Clock
 from ._config import ConfigError, load_config
+from ._gateway import Limits
+from ._httpserver import HttpProtocol
 from ._migrations import MigrationError
 from ._sqlite import SqliteDriver, StorageDriver
-from ._wsnative import HttpProtocol, NativeWebSocketProtocol
 
 __all__ = ["create_app", "serve"]
 
@@ -31,7 +34,7 @@ _ENV_PROJECT = "OPENDO_PROJECT"
 _ENV_ENV = "OPENDO_ENV"
 _ENV_PERSIST = "OPENDO_PERSIST_TO"
 _ENV_LOG_LEVEL = "OPENDO_LOG_LEVEL"
-WS_MAX_SIZE = 32 * 1024 * 1024  # a received WebSocket message, as on Cloudflare
+_ENV_LIMITS = "OPENDO_LIMITS"
 
 
 def create_app(
@@ -41,6 +44,7 @@ def create_app(
     persist_to: str | Path | None = None,
     clock: Clock | None = None,
     storage: StorageDriver | None = None,
+    limits: Limits | None = None,
 ) -> App:
     """The ASGI application of the project in ``project`` (a directory or its opendo.toml).
 
@@ -56,7 +60,11 @@ def create_app(
     assets = None
     if config.assets is not None:
         assets = Assets(config.assets.directory, config.assets.not_found_handling)
-    return App(runtime, assets)
+    return App(runtime, assets, limits)
+
+
+def _limits_from_environ() -> Limits:
+    return Limits(**json.loads(os.environ.get(_ENV_LIMITS) or "{}"))
 
 
 def _app_from_environ() -> App:
@@ -67,6 +75,7 @@ def _app_from_environ() -> App:
             os.environ[_ENV_PROJECT],
             env=os.environ.get(_ENV_ENV) or None,
             persist_to=os.environ.get(_ENV_PERSIST) or None,
+            limits=_limits_from_environ(),
         )
     except (ConfigError, MigrationError) as exc:
         print(f"opendo: {exc}", file=sys.stderr, flush=True)
@@ -133,9 +142,12 @@ def serve(
     persist_to: Path,
     reload: bool,
     log_level: str = "info",
+    limits: Limits | None = None,
 ) -> None:
     """Run the project's server in the foreground until SIGINT or SIGTERM."""
+    limits = limits or Limits()
     os.environ[_ENV_LOG_LEVEL] = log_level
+    os.environ[_ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
     config = load_config(project, env)  # fail early, with a clear message
     os.environ[_ENV_PROJECT] = str(config.path)
     os.environ[_ENV_ENV] = env or ""
@@ -147,11 +159,10 @@ def serve(
         host=host,
         port=port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http=HttpProtocol,
-        ws=NativeWebSocketProtocol,
-        ws_max_size=WS_MAX_SIZE,
-        ws_per_message_deflate=False,
+        http=HttpProtocol,  # opendo's own, WebSocket upgrades included
+        ws="none",
         lifespan="on",
+        timeout_graceful_shutdown=max(1, round(limits.shutdown_timeout)),
         access_log=False,
         proxy_headers=False,
         server_header=False,
