@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
@@ -225,7 +225,7 @@ class _AsgiTransport:
             return
         try:
             steps = self._send(message).__await__()
-            waiting_on = steps.send(None)
+            waiting_on = next(steps)
         except StopIteration:
             return
         except Exception as exc:
@@ -259,23 +259,28 @@ class _Rest:
 
     __slots__ = ("_steps", "_step")
 
-    def __init__(self, steps: Generator[Any, Any, Any], step: Any) -> None:
+    def __init__(self, steps: Iterator[Any], step: Any) -> None:
         self._steps = steps
         self._step = step
 
     def __await__(self) -> Generator[Any, Any, Any]:
+        # What ``yield from steps`` would do, from its second step on: an awaitable's
+        # iterator need not be a generator (granian's has no send() or throw()).
         steps, step = self._steps, self._step
         while True:
             try:
                 sent = yield step
             except BaseException as exc:  # thrown in by the task: a cancellation
+                throw = getattr(steps, "throw", None)
+                if throw is None:
+                    raise
                 try:
-                    step = steps.throw(exc)
+                    step = throw(exc)
                 except StopIteration as stop:
                     return stop.value
                 continue
             try:
-                step = steps.send(sent)
+                step = next(steps) if sent is None else steps.send(sent)  # type: ignore[attr-defined]
             except StopIteration as stop:
                 return stop.value
 
@@ -359,5 +364,9 @@ async def _reject(scope: Scope, response: Response, send: Send) -> None:
             }
         )
         await send({"type": "websocket.http.response.body", "body": response.body})
+        # uvicorn's websockets-sansio protocol marks the handshake done only when the
+        # connection is lost, which its close schedules for the next turn; returning before
+        # then makes it log "ASGI callable returned without completing handshake".
+        await asyncio.sleep(0)
     else:
         await send({"type": "websocket.close", "code": 1008})
