@@ -12,6 +12,7 @@ from opendo import (
     DurableObject,
     DurableObjectError,
     DurableObjectResetError,
+    DurableObjectStartError,
     FakeClock,
     Request,
     Response,
@@ -276,7 +277,7 @@ async def test_block_concurrency_while_in_the_constructor_holds_events() -> None
     assert order == ["loaded", "hello"]
 
 
-async def test_a_failing_block_concurrency_while_resets_the_object() -> None:
+async def test_a_failing_block_concurrency_while_of_the_constructor_fails_the_call() -> None:
     class Flaky(DurableObject):
         builds = 0
 
@@ -293,7 +294,10 @@ async def test_a_failing_block_concurrency_while_resets_the_object() -> None:
             return type(self).builds
 
     runtime = Runtime(bindings={"F": Flaky})
-    assert await runtime.env.F.get_by_name("x").hello() == 2
+    stub = runtime.env.F.get_by_name("x")
+    with pytest.raises(DurableObjectStartError, match="init failed"):
+        await stub.hello()
+    assert await stub.hello() == 2
 
 
 async def test_a_failing_constructor_fails_the_call_and_is_retried() -> None:
@@ -311,7 +315,7 @@ async def test_a_failing_constructor_fails_the_call_and_is_retried() -> None:
 
     runtime = Runtime(bindings={"F": Fragile})
     stub = runtime.env.F.get_by_name("x")
-    with pytest.raises(RuntimeError, match="constructor failed"):
+    with pytest.raises(DurableObjectStartError, match="constructor failed"):
         await stub.hello()
     assert await stub.hello() == "hi"
 

@@ -14,7 +14,7 @@ from ._asgi import App
 from ._clock import Clock, FakeClock, LoopClock
 from ._codec import CodecError, DecodeError
 from ._config import Config, ConfigError, load_config
-from ._errors import DurableObjectError, DurableObjectResetError
+from ._errors import DurableObjectError, DurableObjectResetError, DurableObjectStartError
 from ._gates import GateBrokenError, InputGate, OutputGate
 from ._http import Headers, Request, Response
 from ._ids import DurableObjectId
@@ -48,6 +48,7 @@ __all__ = [
     "DurableObjectId",
     "DurableObjectNamespace",
     "DurableObjectResetError",
+    "DurableObjectStartError",
     "DurableObjectState",
     "DurableObjectStub",
     "Env",

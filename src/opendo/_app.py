@@ -214,8 +214,7 @@ class Runtime:
                         log.error(
                             "alarm of %s(%s) given up after %d retries", class_name, id, MAX_RETRIES
                         )
-                        host = self.host(namespace, id)
-                        await host.call(partial(_give_up_alarm, host=host, due=due))
+                        await self._give_up_alarm(self.host(namespace, id), due)
                         return
                     await self._sleep(retry_delay(retry, self.rng))
                     continue
@@ -228,6 +227,19 @@ class Runtime:
             if isinstance(kept, Storage) and kept._db is not None:
                 if (later := kept._alarm_now()) is not None:
                     self.alarms.schedule(key, later)
+
+    async def _give_up_alarm(self, host: ObjectHost, due: int) -> None:
+        """Delete the alarm that was due: as an event of a live instance (so it falls between
+        its other events), or at once when there is none, without constructing one (which
+        may be what keeps failing)."""
+        if host.instance is None:
+            _give_up_alarm(None, host, due)
+            host._maybe_idle()
+            return
+        try:
+            await host.call(partial(_give_up_alarm, host=host, due=due))
+        except Exception as exc:
+            log.error("alarm of %s could not be deleted: %r", host._name(), exc)
 
     async def _sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -325,7 +337,7 @@ def _finish_alarm(storage: Storage, due: int) -> None:
         storage._delete_alarm("delete_alarm")
 
 
-def _give_up_alarm(instance: DurableObject, host: ObjectHost, due: int) -> None:
+def _give_up_alarm(instance: DurableObject | None, host: ObjectHost, due: int) -> None:
     storage = host.storage
     assert isinstance(storage, Storage)
     _finish_alarm(storage, due)

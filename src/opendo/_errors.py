@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["DurableObjectError", "DurableObjectResetError", "StorageError", "as_remote"]
+__all__ = [
+    "DurableObjectError",
+    "DurableObjectResetError",
+    "DurableObjectStartError",
+    "StorageError",
+    "as_remote",
+]
 
 
 class DurableObjectError(Exception):
@@ -22,6 +28,22 @@ class DurableObjectResetError(DurableObjectError):
     while this call was in flight."""
 
     retryable = True
+
+
+class DurableObjectStartError(DurableObjectError):
+    """The object failed to start (its constructor raised, or a ``block_concurrency_while``
+    it started failed or timed out), so the event was never delivered to it.
+
+    A retry is safe (the event did not run) and may succeed: ``retry_after`` says in how many
+    seconds the next attempt to construct the object will be made (0: at the next event).
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, reason: str = "", retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class StorageError(Exception):

@@ -21,12 +21,21 @@ A result (the value of an RPC call, a fetch's ``Response``) reaches its caller o
 output gate is clear of writes made before it; an exception reaches only that caller, marked
 ``remote``, and is logged with its traceback here.
 
-Lifecycle, as data (``_TRANSITIONS``)::
+The host's states and the moves between them are a table, with its picture, in
+``_lifecycle``: EMPTY, ACTIVE, HIBERNATED, BROKEN, EVICTED. ``ObjectHost._move`` makes the
+moves.
 
-    EMPTY --construct--> ACTIVE --evict--> EVICTED (the host is dropped; a new one is made
-                           |                        on the next event)
-                           +--reset--> EMPTY (constructor runs again on the next event)
-                           +--hibernate--> HIBERNATED --construct--> ACTIVE
+An object *fails to start* when its constructor raises, or when a ``block_concurrency_while``
+that the constructor started fails or times out (a reset before those blocks are done, such
+as a failed write, counts too). The host drops what was built, closes the object's
+hibernatable WebSockets with 1011 (their events cannot be delivered), and fails every event
+waiting for the start with ``DurableObjectStartError``: nothing is delivered again, so
+nothing loops. The host stays, BROKEN, counting the failures in a row, and backs off
+(``start_backoff``: events fail fast for a while after repeated failures, with an error that
+says when the next attempt will be). A start that completes clears the count; so does the
+eviction of the idle BROKEN host, which waits at least until its back-off has passed. Each
+failed start logs one line (the first of a run with its traceback). An alarm retries a
+failed start on its own schedule (2 s, doubling), which is never shorter than the back-off.
 
 A host is idle when no event runs or waits, no standard WebSocket is open, no
 ``block_concurrency_while`` or ``wait_until`` work is pending, and the output gate is clear.
@@ -41,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import enum
 import inspect
 import logging
 from collections import deque
@@ -50,9 +58,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._clock import Clock, TimerHandle
-from ._errors import DurableObjectResetError, StorageError, as_remote
+from ._errors import DurableObjectResetError, DurableObjectStartError, StorageError, as_remote
 from ._gates import InputGate, InputLock, OutputGate
 from ._ids import DurableObjectId
+from ._lifecycle import TRANSITIONS, Lifecycle, start_backoff
 from ._websocket import (
     CloseEvent,
     Event,
@@ -100,30 +109,10 @@ def current_event() -> object | None:
         return None
 
 
-class Lifecycle(enum.Enum):
-    EMPTY = "empty"  # no instance; the next event constructs one
-    ACTIVE = "active"
-    HIBERNATED = "hibernated"  # no instance, but hibernatable WebSockets stay connected
-    EVICTED = "evicted"  # dropped for idleness; the host is gone from the runtime
-
-
-_TRANSITIONS: dict[tuple[Lifecycle, str], Lifecycle] = {
-    (Lifecycle.EMPTY, "construct"): Lifecycle.ACTIVE,
-    (Lifecycle.HIBERNATED, "construct"): Lifecycle.ACTIVE,
-    (Lifecycle.ACTIVE, "reset"): Lifecycle.EMPTY,
-    (Lifecycle.EMPTY, "reset"): Lifecycle.EMPTY,
-    (Lifecycle.HIBERNATED, "reset"): Lifecycle.HIBERNATED,
-    (Lifecycle.ACTIVE, "hibernate"): Lifecycle.HIBERNATED,
-    (Lifecycle.EMPTY, "hibernate"): Lifecycle.HIBERNATED,
-    (Lifecycle.HIBERNATED, "hibernate"): Lifecycle.HIBERNATED,
-    (Lifecycle.ACTIVE, "evict"): Lifecycle.EVICTED,
-    (Lifecycle.EMPTY, "evict"): Lifecycle.EVICTED,
-    (Lifecycle.HIBERNATED, "evict"): Lifecycle.EVICTED,
-}
-
 Call = Callable[["DurableObject"], Any]
 
 BLOCK_CONCURRENCY_TIMEOUT = 30.0
+_TOO_LONG = f"block_concurrency_while() did not finish within {BLOCK_CONCURRENCY_TIMEOUT:g} s"
 MAX_TAGS = 10
 MAX_TAG_CHARS = 256
 MAX_HIBERNATABLE = 32_768
@@ -167,6 +156,10 @@ class ObjectHost:
         "_storage",
         "constructions",
         "generation",
+        "_startup",
+        "_start_failures",
+        "_retry_at",
+        "_start_reason",
     )
 
     def __init__(
@@ -208,9 +201,13 @@ class ObjectHost:
         self._storage: StorageHandle | None = None
         self.constructions = 0
         self.generation = 0  # bumped when the instance is dropped
+        self._startup = 0  # block_concurrency_while() calls of the constructor not yet done
+        self._start_failures = 0  # failed starts in a row
+        self._retry_at = 0.0  # clock.monotonic() before which a BROKEN host fails fast
+        self._start_reason = ""
 
     def _move(self, action: str) -> None:
-        self.state = _TRANSITIONS[(self.state, action)]
+        self.state = TRANSITIONS[(self.state, action)]
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -260,6 +257,8 @@ class ObjectHost:
         return self.state is Lifecycle.ACTIVE and self.input_gate.is_open and not self._starting
 
     def _pump(self) -> None:
+        if not self._queue:
+            return  # (a gate of a dropped instance opened: nothing to construct for)
         if self.instance is None and not self._construct():
             return
         if self._starting:
@@ -280,26 +279,75 @@ class ObjectHost:
         asyncio.get_running_loop().call_soon(self._pump)
 
     def _construct(self) -> bool:
+        if self.state is Lifecycle.BROKEN:
+            wait = self._retry_at - self._clock.monotonic()
+            if wait > 0:
+                self._fail_waiting(
+                    f"{self._name()} failed to start {self._start_failures} times in a row, "
+                    f"the last time: {self._start_reason}; the next attempt is in {wait:.3g} s",
+                    wait,
+                )
+                self._maybe_idle()
+                return False
         cls = self.namespace.object_class
         self.ctx = DurableObjectState(self)
         token = _current_host.set(self)
         try:
             self.instance = cls(self.ctx, self.namespace.runtime.env)
         except Exception as exc:
-            log.exception("constructor of %s(%s) failed", cls.__name__, self.id)
-            self.instance = None
-            self.ctx = None
-            queued, self._queue = self._queue, deque()
-            for _, future in queued:
-                if future is not None and not future.done():
-                    future.set_exception(as_remote(exc))
-            self._maybe_idle()
+            self._start_failed(f"the constructor raised {exc!r}", exc)
             return False
         finally:
             _current_host.reset(token)
         self.constructions += 1
         self._move("construct")
+        if not self._startup:
+            self._start_failures = 0
         return True
+
+    def _startup_block_done(self) -> None:
+        """A ``block_concurrency_while`` of the constructor finished: started, if it was the
+        last one."""
+        self._startup -= 1
+        if not self._startup:
+            self._start_failures = 0
+
+    def _start_failed(self, reason: str, error: BaseException | None = None) -> None:
+        """The start failed: drop what was built, fail the waiting events, back off."""
+        self._start_failures += 1
+        failures = self._start_failures
+        backoff = start_backoff(failures)
+        self._retry_at = self._clock.monotonic() + backoff
+        self._start_reason = reason
+        then = f"the next attempt is in {backoff:g} s" if backoff else "the next event tries again"
+        log.error(
+            "%s failed to start (%d in a row): %s; %s",
+            self._name(),
+            failures,
+            reason,
+            then,
+            exc_info=error if failures == 1 else None,
+        )
+        self._drop_instance()
+        for ws in list(self._hibernatable):
+            ws._shutdown(1011, "Durable Object failed to start")
+        self._hibernatable.clear()
+        self._move("fail")
+        self._fail_waiting(f"{self._name()} failed to start: {reason}; {then}", backoff)
+        self._maybe_idle()
+
+    def _fail_waiting(self, message: str, retry_after: float) -> None:
+        queued, self._queue = self._queue, deque()
+        for _, future in queued:
+            if future is not None and not future.done():
+                future.set_exception(
+                    DurableObjectStartError(
+                        message, reason=self._start_reason, retry_after=retry_after
+                    )
+                )
+
+    def _name(self) -> str:
+        return f"{self.namespace.object_class.__name__}({self.id})"
 
     def _start(self, fn: Call, future: asyncio.Future[Any] | None) -> None:
         """Run an event up to its first suspension, now.
@@ -447,6 +495,8 @@ class ObjectHost:
         if self.instance is None and self._hibernatable:
             return  # hibernating already
         timeout = self._hibernation_timeout if self._hibernatable else self._idle_timeout
+        if self.state is Lifecycle.BROKEN:  # its back-off is kept until it has passed
+            timeout = max(timeout, self._retry_at - self._clock.monotonic())
         self._idle_timer = self._clock.call_at(
             self._clock.monotonic() + timeout, self._idle_expired
         )
@@ -514,26 +564,34 @@ class ObjectHost:
             self._move("evict")
             self._on_evict(self)
 
-    def reset(self, reason: str) -> None:
-        """Drop the instance after a failure; queued events construct a new one."""
-        log.warning("resetting %s(%s): %s", self.namespace.object_class.__name__, self.id, reason)
+    def reset(self, reason: str, error: BaseException | None = None) -> None:
+        """Drop the instance after a failure; queued events construct a new one. Before the
+        constructor's ``block_concurrency_while`` calls are done, the start failed."""
+        if self._startup:
+            self._start_failed(reason, error)
+            return
+        log.warning("resetting %s: %s", self._name(), reason)
+        self._drop_instance()
+        self._move("hibernate" if self._hibernatable else "reset")
+        if self._queue:
+            asyncio.get_running_loop().call_soon(self._pump)
+        else:
+            self._maybe_idle()
+
+    def _drop_instance(self) -> None:
         for ws in list(self._sockets):
             ws._shutdown(1011, "Durable Object reset")
         self._sockets.clear()
         self.generation += 1
         self.instance = None
         self.ctx = None
+        self._startup = 0
         self.input_gate = InputGate()
         self._waiting_for_gate = False
         self.output_gate = OutputGate()
         # After the new gates exist: a flush still in flight holds the new output gate, so
         # the next instance cannot reveal what that flush has not yet made durable.
         self._close_storage()
-        self._move("hibernate" if self._hibernatable else "reset")
-        if self._queue:
-            asyncio.get_running_loop().call_soon(self._pump)
-        else:
-            self._maybe_idle()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -543,6 +601,7 @@ class ObjectHost:
             "sockets": len(self._sockets),
             "hibernatable_sockets": len(self._hibernatable),
             "constructions": self.constructions,
+            "start_failures": self._start_failures,
         }
 
 
@@ -583,25 +642,28 @@ class DurableObjectState:
         host = self._live_host("block_concurrency_while()")
         lock: InputLock = host.input_gate.lock()
         generation = host.generation
+        starting = host.instance is None  # called by the constructor: part of the start
+        if starting:
+            host._startup += 1
         timed_out = False
 
         async def run() -> Any:
             try:
-                return await fn()
+                result = await fn()
             except asyncio.CancelledError:
                 if timed_out:
-                    raise DurableObjectResetError(
-                        f"block_concurrency_while() did not finish within "
-                        f"{BLOCK_CONCURRENCY_TIMEOUT:g} s; the object was reset"
-                    ) from None
+                    raise DurableObjectResetError(f"{_TOO_LONG}; the object was reset") from None
                 raise
             except Exception as exc:
                 if host.generation == generation:
-                    host.reset(f"block_concurrency_while() failed: {exc!r}")
+                    host.reset(f"block_concurrency_while() failed: {exc!r}", exc)
                 raise
             finally:
                 timer.cancel()
                 lock.release()
+            if starting and host.generation == generation:
+                host._startup_block_done()
+            return result
 
         def expire() -> None:
             nonlocal timed_out
@@ -609,7 +671,7 @@ class DurableObjectState:
                 timed_out = True
                 task.cancel()
                 if host.generation == generation:
-                    host.reset("block_concurrency_while() timed out")
+                    host.reset(_TOO_LONG)
 
         task = asyncio.ensure_future(run())
         # A failure resets the object; whoever awaits the task sees it, nobody else must.
