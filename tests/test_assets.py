@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import serve
+from conftest import START_DEADLINE, STOP_DEADLINE, OpendoProcess, run_opendo, serve
 
 import opendo
 from opendo import Headers
@@ -40,6 +43,8 @@ def build_site(root: Path) -> Path:
         "hello world.txt": b"spaces\n",
         "static/app.txt": b"static\n",
         ".env": b"API_KEY=" + SECRET,
+        ".dev.vars": b"API_KEY=" + SECRET,
+        ".dev.vars.prod": b"API_KEY=" + SECRET,
         ".git/config": b"[core]\n" + SECRET,
         "static/.hidden": SECRET,
     }
@@ -143,7 +148,18 @@ def test_content_type(public: Path, raw_path: str, content_types: set[str]) -> N
 
 # -- what is never served ----------------------------------------------------------------------
 
-HIDDEN = ["/.env", "/.git/config", "/.git/", "/%2eenv", "/static/.hidden", "/.git%2fconfig"]
+HIDDEN = [
+    "/.env",
+    "/.git/config",
+    "/.git/",
+    "/%2eenv",
+    "/static/.hidden",
+    "/.git%2fconfig",
+    "/.dev.vars",
+    "/.dev.vars.prod",
+    "/%2Edev.vars",
+    "/static/../.dev.vars",
+]
 
 TRAVERSAL = [
     "/../secret.txt",
@@ -423,3 +439,106 @@ async def test_http_other_methods_on_an_asset_go_to_the_worker(project: Path, me
     assert response.status_code == 200
     assert response.headers["x-from"] == "worker"
     assert response.text == f"worker {method} /app.js 5"
+
+
+# -- the project's own files, over `opendo serve` ----------------------------------------------
+
+SERVED_WORKER = """\
+from opendo import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("worker", status=404)
+"""
+
+
+def served_project(root: Path, directory: str) -> Path:
+    """A project whose assets are ``directory``; its config, Worker and secrets beside them."""
+    (root / "public").mkdir(parents=True)
+    (root / "public" / "index.html").write_bytes(INDEX)
+    (root / "worker.py").write_text(SERVED_WORKER + "# " + SECRET.decode())
+    (root / ".dev.vars").write_bytes(b"API_KEY=" + SECRET)
+    (root / "opendo.toml").write_text(
+        f'name = "site"\nmain = "worker.py"\n\n[assets]\ndirectory = "{directory}"\n'
+    )
+    return root
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+def ready_or_exit(process: OpendoProcess) -> int | None:
+    """The port once ``opendo`` is ready, or None when it exits first."""
+    deadline = time.monotonic() + START_DEADLINE
+    while (line := process.next_line("stdout", deadline)) is not None:
+        if line.startswith("Ready on "):
+            return int(line.rstrip().rpartition(":")[2])
+    return None
+
+
+def refused_start(process: OpendoProcess) -> tuple[int, str]:
+    """(exit code, stderr) of an ``opendo`` that must not start; if it did start, what it
+    served of the project's own files fails the test."""
+    port = ready_or_exit(process)
+    if port is not None:
+        leaked = {p: http_get(port, p) for p in ("/opendo.toml", "/worker.py", "/index.html")}
+        pytest.fail(f"opendo started on a refused assets directory and served {leaked}")
+    return process.proc.wait(STOP_DEADLINE), process.drain_stderr()
+
+
+@pytest.mark.parametrize("directory", [".", "public/.."])
+def test_serve_refuses_assets_that_hold_the_project_files(tmp_path: Path, directory: str) -> None:
+    root = served_project(tmp_path / "project", directory)
+
+    args = ("serve", root, "--port", "0", "--persist-to", tmp_path / "state")
+    with run_opendo(*args) as process:
+        code, stderr = refused_start(process)
+
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert stderr.startswith(f"opendo: {(root / 'opendo.toml').resolve()}: assets.directory: ")
+    assert "contains the project file" in stderr
+    assert "a directory of their own" in stderr
+
+
+def test_serve_with_assets_apart_serves_them_and_none_of_the_project(tmp_path: Path) -> None:
+    root = served_project(tmp_path / "project", "public")
+
+    args = ("serve", root, "--port", "0", "--persist-to", tmp_path / "state")
+    with run_opendo(*args) as process:
+        port = process.wait_ready()
+        assert http_get(port, "/") == (200, INDEX)
+        for path in (
+            "/opendo.toml",
+            "/worker.py",
+            "/.dev.vars",
+            "/../worker.py",
+            "/%2e%2e/.dev.vars",
+        ):
+            assert http_get(port, path) == (404, b"worker"), path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the CLI does not yet call opendo._config.check_persist_dir on the persist "
+    "directory it resolves (_cli._run, and _server.create_app for the serving process)",
+)
+def test_serve_refuses_a_persist_directory_inside_the_assets(tmp_path: Path) -> None:
+    root = served_project(tmp_path / "project", "public")
+
+    args = ("serve", root, "--port", "0", "--persist-to", root / "public" / "state")
+    with run_opendo(*args) as process:
+        code, stderr = refused_start(process)
+
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert stderr.startswith(f"opendo: {(root / 'opendo.toml').resolve()}: assets.directory: ")
+    assert "object databases would be served" in stderr

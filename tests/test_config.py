@@ -695,6 +695,144 @@ def test_idle_timeout_nan(tmp_path: Path) -> None:
         assert not math.isnan(config.idle_timeout)
 
 
+# -- the assets directory holds only what may be served ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "files", "contained"),
+    [
+        pytest.param(MINIMAL + '[assets]\ndirectory = "."\n', {}, "the project file", id="root"),
+        pytest.param(
+            MINIMAL + '[assets]\ndirectory = "./"\n', {}, "the project file", id="root-slash"
+        ),
+        pytest.param(
+            MINIMAL + '[assets]\ndirectory = "public/.."\n',
+            {"public/index.html": ""},
+            "the project file",
+            id="root-by-way-of-public",
+        ),
+        pytest.param(MINIMAL + '[assets]\ndirectory = ".."\n', {}, "the project file", id="parent"),
+        pytest.param(
+            'name = "app"\nmain = "site/worker.py"\n[assets]\ndirectory = "site"\n',
+            {"site/worker.py": WORKER, "site/index.html": ""},
+            "the Worker module",
+            id="main-inside",
+        ),
+        pytest.param(
+            'name = "app"\nmain = "site/src/worker.py"\n[assets]\ndirectory = "site"\n',
+            {"site/src/worker.py": WORKER},
+            "the Worker module",
+            id="main-below",
+        ),
+        pytest.param(
+            MINIMAL + '[assets]\ndirectory = ".opendo"\n',
+            {".opendo/state/migrations.json": "{}"},
+            "opendo's own directory",
+            id="opendo-dir",
+        ),
+        pytest.param(
+            MINIMAL + '[assets]\ndirectory = ".opendo/state"\n',
+            {".opendo/state/Chat/x.sqlite": ""},
+            "opendo's own directory",
+            id="inside-the-default-persist-dir",
+        ),
+        pytest.param(
+            MINIMAL + '[assets]\ndirectory = "public"\n[env.prod]\nassets = { directory = "." }\n',
+            {"public/index.html": ""},
+            "the project file",
+            id="env-section",
+        ),
+    ],
+)
+def test_assets_directory_with_the_projects_own_files_is_refused(
+    tmp_path: Path, toml: str, files: dict[str, str], contained: str
+) -> None:
+    root = write_project(tmp_path / "project", toml, files=files)
+    env = "prod" if "[env.prod]" in toml else None
+    key = "env.prod.assets.directory" if env else "assets.directory"
+
+    message = config_error(root, env)
+
+    assert message.startswith(f"{toml_path(root)}: {key}: "), message
+    assert contained in message
+    assert "would be served" in message
+    assert "a directory of their own" in message
+
+
+def test_assets_directory_symlinked_to_the_project_is_refused(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "project", MINIMAL + '[assets]\ndirectory = "public"\n')
+    (root / "public").symlink_to(root, target_is_directory=True)
+
+    message = config_error(root)
+
+    assert message.startswith(f"{toml_path(root)}: assets.directory: "), message
+    assert "the project file" in message
+
+
+def test_assets_directory_beside_the_project_files_is_accepted(tmp_path: Path) -> None:
+    root = write_project(
+        tmp_path / "project",
+        MINIMAL + '[assets]\ndirectory = "public"\n',
+        files={"public/index.html": "", ".opendo/state/migrations.json": "{}"},
+    )
+
+    config = load_config(root)
+
+    assert config.assets == AssetsConfig((root / "public").resolve(), "none")
+
+
+@pytest.mark.parametrize(
+    "persist",
+    ["public/state", "public", "public/.state", "public/assets/.."],
+    ids=["inside", "same", "hidden-inside", "same-by-way-of-a-subdir"],
+)
+def test_persist_directory_inside_the_assets_is_refused(tmp_path: Path, persist: str) -> None:
+    from opendo._config import check_persist_dir
+
+    root = write_project(
+        tmp_path / "project",
+        MINIMAL + '[assets]\ndirectory = "public"\n',
+        files={"public/index.html": "", "public/assets/app.js": ""},
+    )
+    config = load_config(root)
+
+    with pytest.raises(ConfigError) as info:
+        check_persist_dir(config, root / persist)
+
+    message = str(info.value)
+    assert message.startswith(f"{toml_path(root)}: assets.directory: "), message
+    assert str((root / persist).resolve()) in message
+    assert "object databases would be served" in message
+    assert "--persist-to" in message
+
+
+def test_assets_inside_the_persist_directory_is_refused(tmp_path: Path) -> None:
+    """Where every directory is a class's storage (and a class could be named "public")."""
+    from opendo._config import check_persist_dir
+
+    root = write_project(
+        tmp_path / "project",
+        MINIMAL + '[assets]\ndirectory = "data/public"\n',
+        files={"data/public/index.html": ""},
+    )
+    config = load_config(root)
+
+    with pytest.raises(ConfigError, match="object databases would be served"):
+        check_persist_dir(config, root / "data")
+
+
+@pytest.mark.parametrize("assets", [True, False], ids=["with-assets", "without-assets"])
+def test_persist_directory_apart_from_the_assets_is_accepted(tmp_path: Path, assets: bool) -> None:
+    from opendo._config import check_persist_dir
+
+    toml = MINIMAL + ('[assets]\ndirectory = "public"\n' if assets else "")
+    root = write_project(tmp_path / "project", toml, files={"public/index.html": ""})
+    config = load_config(root)
+
+    for persist in (root / ".opendo" / "state", root / "state", root / "publicity", tmp_path / "s"):
+        check_persist_dir(config, persist)
+
+
 # -- Runtime.from_config: what the main module must define ---------------------------------------
 
 

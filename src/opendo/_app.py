@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import random
 import sys
+import traceback
 from collections.abc import Hashable, Mapping
 from functools import partial
 from pathlib import Path
@@ -348,15 +349,19 @@ def import_main(path: Path) -> ModuleType:
 
     ``import workers`` in it finds ``opendo.workers``, the names of Cloudflare's Python
     Workers, and ``import js`` the few JavaScript globals they use (``opendo.workers.js``),
-    as the Cloudflare runtime provides both to the Workers it runs.
+    as the Cloudflare runtime provides both to the Workers it runs; ``import pyodide``, unless
+    a real one is importable, raises ``NotSupportedError``. A ``NotSupportedError`` raised
+    while the module loads is reported as a ``NotSupportedInProjectError`` (a
+    ``ConfigError``) that starts with the file and line of the project's code that used it.
     """
+    from . import workers
+
     root = str(path.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    if "workers" not in sys.modules:
-        sys.modules["workers"] = importlib.import_module("opendo.workers")
-    if "js" not in sys.modules:  # `from js import WebSocketPair`: opendo.workers.js
-        sys.modules["js"] = importlib.import_module("opendo.workers").js
+    sys.modules.setdefault("workers", workers)
+    sys.modules.setdefault("js", workers.js)  # `from js import WebSocketPair`
+    workers._install_unsupported_modules()
     name = "_opendo_main_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -365,16 +370,33 @@ def import_main(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except workers.NotSupportedError as exc:
+        del sys.modules[name]
+        if isinstance(exc, ConfigError):
+            raise
+        raise workers.NotSupportedInProjectError(f"{_user_line(exc, path)}: {exc}") from exc
     except BaseException:
         del sys.modules[name]
         raise
     return module
 
 
+def _user_line(exc: BaseException, main: Path) -> str:
+    """``file:line: source`` of the innermost frame of ``exc`` outside opendo and importlib."""
+    package = Path(__file__).parent
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.startswith("<") or Path(frame.filename).is_relative_to(package):
+            continue
+        return f"{frame.filename}:{frame.lineno}" + (f": {frame.line}" if frame.line else "")
+    return str(main)
+
+
 def _find_worker(module: ModuleType, config: Config) -> type[WorkerEntrypoint]:
     if config.entrypoint is not None:
         obj = getattr(module, config.entrypoint, None)
         if not (isinstance(obj, type) and issubclass(obj, WorkerEntrypoint)):
+            if config.entrypoint == "on_fetch" and callable(obj):
+                raise _module_handler(config)
             raise ConfigError(
                 f"{config.path}: main: {config.main.name} defines no WorkerEntrypoint "
                 f"subclass named {config.entrypoint!r}"
@@ -393,8 +415,21 @@ def _find_worker(module: ModuleType, config: Config) -> type[WorkerEntrypoint]:
     ]
     if len(found) == 1:
         return found[0]
+    if not found and callable(getattr(module, "on_fetch", None)):
+        raise _module_handler(config)
     what = "no" if not found else f"{len(found)}"
     raise ConfigError(
         f"{config.path}: main: {config.main.name} defines {what} WorkerEntrypoint "
         'subclasses; name the entry point with main = "file.py:ClassName" or call it Default'
+    )
+
+
+def _module_handler(config: Config) -> ConfigError:
+    """Cloudflare's older style, ``async def on_fetch(request, env)`` in the module."""
+    from .workers import NotSupportedInProjectError
+
+    return NotSupportedInProjectError(
+        f"{config.path}: main: {config.main.name}: a module-level handler (on_fetch) is not "
+        "supported by opendo: write a class Default(WorkerEntrypoint) with "
+        "async def fetch(self, request) instead (env is self.env, ctx is self.ctx)"
     )

@@ -6,6 +6,12 @@ A request matches an asset when its decoded path names a file under the director
 file (any segment starting with ``.``) never match. With
 ``not_found_handling = "single-page-application"``, a browser navigation that matches no
 file gets ``index.html``; every other unmatched request goes to the Worker.
+
+Everything in the directory is public. What must never be served is kept out of it, not
+filtered here: the config refuses an assets directory that holds the project file, the
+Worker module or ``.opendo`` (and ``check_persist_dir`` one that overlaps a persist
+directory), so the source, the secrets in ``.dev.vars`` and the object databases are not
+under it.
 """
 
 from __future__ import annotations

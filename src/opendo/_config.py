@@ -29,6 +29,11 @@
 Secrets come from ``.dev.vars`` (``KEY=value`` lines) beside the file, or ``.dev.vars.<env>``
 when an environment is selected — never from the TOML. Every mistake is reported as a
 ``ConfigError`` that names the file, the key and what was expected.
+
+The assets directory is served to anyone, so it must hold nothing else: one that contains
+the project file, the Worker module or opendo's own ``.opendo`` directory (the default
+persist directory) is refused, as is — by ``check_persist_dir``, once the persist directory
+is known — a persist directory that overlaps it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Migration",
+    "check_persist_dir",
     "load_config",
 ]
 
@@ -81,6 +87,7 @@ class Binding:
 class AssetsConfig:
     directory: Path
     not_found_handling: str = "none"
+    key: str = field(default="assets.directory", compare=False)  # where the file sets it
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,7 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         adir = (path.parent / directory).resolve()
         if not adir.is_dir():
             raise check.fail("assets.directory", f"the directory {adir} does not exist")
+        _check_assets_hold_no_project_files(check, adir, main)
         handling = table.get("not_found_handling", "none")
         if handling not in _NOT_FOUND_HANDLING:
             raise check.fail(
@@ -285,7 +293,8 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
                 f"expected one of {', '.join(map(repr, _NOT_FOUND_HANDLING))}, "
                 f"got {_kind(handling)}",
             )
-        assets = AssetsConfig(adir, handling)
+        key = (check.env_prefix if "assets" in check.from_env else "") + "assets.directory"
+        assets = AssetsConfig(adir, handling, key)
 
     runtime = check.table(data.get("runtime", {}), "runtime")
     check.keys(runtime, {"idle_timeout", "hibernation_timeout"}, "runtime")
@@ -346,6 +355,40 @@ def _check_classes(check: _Checker, bindings: list[Binding], migrations: list[Mi
             key,
             f"class {cname!r} is not created by any migration: add it to new_sqlite_classes "
             "of a new [[migrations]] entry",
+        )
+
+
+def _check_assets_hold_no_project_files(check: _Checker, adir: Path, main: Path) -> None:
+    own = [
+        ("the project file", check.path),
+        ("the Worker module", main),
+        ("opendo's own directory", check.path.parent / ".opendo"),
+    ]
+    for what, path in own:
+        if path.is_relative_to(adir):
+            where = f"the directory {adir} contains {what} {path}"
+        elif adir.is_relative_to(path):
+            where = f"the directory {adir} is inside {what} {path}"
+        else:
+            continue
+        raise check.fail(
+            "assets.directory",
+            f"{where}, which would be served to anyone: put the static files in a directory "
+            'of their own (e.g. directory = "public")',
+        )
+
+
+def check_persist_dir(config: Config, persist: Path) -> None:
+    """Refuse a persist directory that overlaps the assets directory (its object databases
+    would be served). Call it wherever the persist directory is resolved."""
+    if config.assets is None:
+        return
+    adir, persist = config.assets.directory, persist.resolve()
+    if persist.is_relative_to(adir) or adir.is_relative_to(persist):
+        raise ConfigError(
+            f"{config.path}: {config.assets.key}: the directory {adir} and the persist "
+            f"directory {persist} overlap, so object databases would be served to anyone: "
+            "keep object storage apart from the assets (--persist-to a directory outside them)"
         )
 
 

@@ -99,7 +99,8 @@ What is not supported
 ---------------------
 
 These raise ``NotSupportedError`` (a ``NotImplementedError``) saying so: outbound
-``workers.fetch()``; module-level handlers (``@handler``, ``on_fetch``);
+``workers.fetch()``; module-level handlers (``@handler``, or an ``on_fetch`` function where
+the Worker class should be: the project is refused when it loads);
 ``WorkflowEntrypoint``; ``import_from_javascript``; ``patch_env``; jurisdictions
 (``env.NS.jurisdiction()``, ``newUniqueId({"jurisdiction": …})``); ``getExisting``;
 point-in-time recovery (``getCurrentBookmark``, ``getBookmarkForTime``,
@@ -107,7 +108,10 @@ point-in-time recovery (``getCurrentBookmark``, ``getBookmarkForTime``,
 ``ctx.props``, ``ctx.exports``, ``ctx.container``, ``ctx.facets``; a Worker's
 ``ctx.passThroughOnException()``. ``js`` provides only ``WebSocketPair``,
 ``WebSocketRequestResponsePair`` and ``Date`` (others raise ``AttributeError``), and there is
-no ``pyodide`` module (``to_js``, ``create_proxy``): values are plain Python. The
+no ``pyodide`` module (``to_js``, ``create_proxy``): values are plain Python, and ``import
+pyodide`` raises ``NotSupportedModuleError`` (also a ``ModuleNotFoundError``) unless a real
+one is importable. Raised while a project loads, these become a
+``NotSupportedInProjectError``, also a ``ConfigError``, naming the line that used them. The
 ``workers.env`` and ``workers.waitUntil`` globals are not provided: use ``self.env`` and
 ``self.ctx.waitUntil``. Storage options ``allowConcurrency``, ``allowUnconfirmed`` and
 ``noCache`` are accepted and ignored (every write is confirmed before output leaves).
@@ -119,8 +123,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.abc
+import importlib.machinery
 import inspect
 import json as _json
+import sys
 import time
 import types
 import weakref
@@ -132,6 +139,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from datetime import datetime
 from typing import Any, Generic, NoReturn, TypeVar, cast
@@ -139,6 +147,7 @@ from typing import Any, Generic, NoReturn, TypeVar, cast
 from . import _api, _http, _ids, _namespace, _storage
 from . import _websocket as _ws
 from ._alarms import AlarmInfo as _AlarmInfo
+from ._config import ConfigError
 from ._http import Headers
 from ._runtime import DurableObjectState, current_event, current_host
 
@@ -155,6 +164,8 @@ __all__ = [
     "Headers",
     "JsDict",
     "NotSupportedError",
+    "NotSupportedInProjectError",
+    "NotSupportedModuleError",
     "Request",
     "Response",
     "SqlCursor",
@@ -185,8 +196,56 @@ class NotSupportedError(NotImplementedError):
     """A Cloudflare API that opendo does not provide."""
 
 
+class NotSupportedInProjectError(NotSupportedError, ConfigError):
+    """A project's Worker code uses what opendo does not provide, found when it loads: a
+    ``ConfigError`` too, so ``opendo dev``/``serve`` report it as one line."""
+
+
+class NotSupportedModuleError(NotSupportedError, ModuleNotFoundError):
+    """``import`` of a module of Cloudflare's Python runtime that opendo does not provide;
+    a ``ModuleNotFoundError`` too, so ``try: import pyodide / except ImportError`` works."""
+
+
 def _unsupported(what: str, why: str) -> NoReturn:
     raise NotSupportedError(f"{what} is not supported by opendo: {why}")
+
+
+# Modules of Cloudflare's Python runtime that no finder provides here: importing one raises
+# NotSupportedModuleError. A module with a stand-in of its own leaves this table.
+_UNSUPPORTED_MODULES = {
+    "pyodide": "values are plain Python already (use them as they are, without to_js(), "
+    "to_py() or create_proxy()), and an HTTP client library replaces pyodide.http",
+}
+
+
+class _UnsupportedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Last on ``sys.meta_path``: finds the top-level modules of ``_UNSUPPORTED_MODULES``
+    that no finder before it found, and fails to load them."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or fullname not in _UNSUPPORTED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        name = module.__name__
+        error = NotSupportedModuleError(
+            f"the {name} module is not supported by opendo: {_UNSUPPORTED_MODULES[name]}"
+        )
+        error.name = name
+        raise error
+
+
+def _install_unsupported_modules() -> None:
+    """Make ``import pyodide`` (when no real one is importable) raise
+    ``NotSupportedModuleError``; done by opendo when it loads a project."""
+    if not any(isinstance(finder, _UnsupportedModules) for finder in sys.meta_path):
+        sys.meta_path.append(_UnsupportedModules())
 
 
 # -- small helpers -----------------------------------------------------------------------------
