@@ -526,11 +526,6 @@ def test_serve_with_assets_apart_serves_them_and_none_of_the_project(tmp_path: P
             assert http_get(port, path) == (404, b"worker"), path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI does not yet call opendo._config.check_persist_dir on the persist "
-    "directory it resolves (_cli._run, and _server.create_app for the serving process)",
-)
 def test_serve_refuses_a_persist_directory_inside_the_assets(tmp_path: Path) -> None:
     root = served_project(tmp_path / "project", "public")
 

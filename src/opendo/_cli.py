@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ._app import Runtime
-from ._config import ConfigError, load_config
+from ._config import ConfigError, check_persist_dir, load_config
 from ._gateway import LIMIT_HELP, Limits
 from ._migrations import MigrationError, pending
 from ._sqlite import read_migrations
@@ -46,6 +46,7 @@ def _run(
         config = load_config(project, env)
         Runtime.from_config(config)  # import the Worker module: fail now, and clearly
         persist = (persist_to or config.root / ".opendo" / "state").resolve()
+        check_persist_dir(config, persist)
         pending(config.migrations, read_migrations(persist))  # and these, in the server
         serve(
             config.root,

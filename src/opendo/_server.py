@@ -20,7 +20,7 @@ from ._app import Runtime
 from ._asgi import App
 from ._assets import Assets
 from ._clock import Clock
-from ._config import ConfigError, load_config
+from ._config import ConfigError, check_persist_dir, load_config
 from ._gateway import Limits
 from ._httpserver import HttpProtocol
 from ._migrations import MigrationError
@@ -56,6 +56,7 @@ def create_app(
     """
     config = load_config(project, env)
     persist = Path(persist_to) if persist_to is not None else config.root / ".opendo" / "state"
+    check_persist_dir(config, persist)
     runtime = Runtime.from_config(config, clock=clock, storage=storage or SqliteDriver(persist))
     assets = None
     if config.assets is not None:
