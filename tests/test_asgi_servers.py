@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,44 +98,32 @@ directory = "public"
 APP = """
 from opendo import create_app
 
-app = create_app({project!r}, persist_to={persist!r})
+app = create_app(PROJECT, persist_to=PERSIST)
 """
 
-FASTAPI_APP = """
-from fastapi import FastAPI
+README = Path(__file__).resolve().parent.parent / "README.md"
 
-from opendo import create_app
 
-app = FastAPI()
+def readme_app(marker: str) -> str:
+    """The README's Python example that contains ``marker``, with the project and persist
+    directory of the test in place of its example's."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if marker in b]
+    code = re.sub(r'create_app\("examples/\w+"\)', "create_app(PROJECT, persist_to=PERSIST)", block)
+    assert "PROJECT" in code
+    return code
 
+
+FASTAPI_APP = (
+    readme_app("app.mount(")
+    + """
 
 @app.get("/api/hello")
 def hello():
-    return {{"hello": "fastapi"}}
-
-
-app.mount("/do", create_app({project!r}, persist_to={persist!r}))
+    return {"hello": "fastapi"}
 """
-
-STARLETTE_APP = """
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Mount, Route
-
-from opendo import create_app
-
-
-async def home(request):
-    return PlainTextResponse("starlette home")
-
-
-app = Starlette(
-    routes=[
-        Route("/", home),
-        Mount("/chat", app=create_app({project!r}, persist_to={persist!r})),
-    ]
 )
-"""
+STARLETTE_APP = readme_app("Mount(")
 
 TIMEOUT = 10.0
 START = 30.0
@@ -234,9 +223,8 @@ def write_app(tmp_path: Path, template: str, project: Path) -> Path:
     module_dir = tmp_path / "app"
     module_dir.mkdir(exist_ok=True)
     persist = str(tmp_path / "state")
-    (module_dir / "app.py").write_text(
-        dedent(template.format(project=str(project), persist=persist))
-    )
+    setup = f"PROJECT, PERSIST = {str(project)!r}, {persist!r}\n"
+    (module_dir / "app.py").write_text(setup + dedent(template))
     return module_dir
 
 
@@ -295,7 +283,6 @@ async def test_mounted_in_starlette_assets_come_before_the_worker(
 ) -> None:
     log = tmp_path / "server.log"
     with asgi_server("uvicorn", write_app(tmp_path, STARLETTE_APP, project), log) as port:
-        assert (await get(port, "/")).text == "starlette home"
         assert (await get(port, "/chat/")).text == "<h1>assets</h1>"
         assert (await get(port, "/chat/app.js")).text == "console.log('asset')"
         assert (await get(port, "/chat/counter/b")).text == "1"
