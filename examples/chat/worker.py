@@ -29,22 +29,24 @@ ANNOUNCE_UP_TO = 256  # larger rooms don't announce every join and leave
 class Chat(DurableObject):
     def __init__(self, ctx, env):
         super().__init__(ctx, env)
-        self.sql = ctx.storage.sql
-        self.sql.exec(
-            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "sender INTEGER NOT NULL, name TEXT, text TEXT NOT NULL, at INTEGER NOT NULL)"
-        )
+        self.sql = ctx.storage.sql  # the messages table is made by the first connection
         self.buckets = weakref.WeakKeyDictionary()  # socket -> (tokens, when); memory only
         self.per_second = float(env.get("MESSAGES_PER_SECOND", 2))  # 0: no limit
 
     async def fetch(self, request: Request) -> Response:
-        if request.headers.get("Upgrade") != "websocket":
+        if (request.headers.get("Upgrade") or "").lower() != "websocket":
             return Response("Expected upgrade: websocket", status=426)
 
         # The counter is in storage, so ids keep counting up across restarts. No lock is
         # needed: nothing else runs in this object between the get and the put.
         id = (await self.ctx.storage.get("counter") or 0) + 1
         await self.ctx.storage.put("counter", id)
+        # Made here, with the first write, rather than in the constructor: a room that only
+        # ever answered 426 stores nothing (every message arrives on a socket made here).
+        self.sql.exec(
+            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "sender INTEGER NOT NULL, name TEXT, text TEXT NOT NULL, at INTEGER NOT NULL)"
+        )
 
         client, server = WebSocketPair()
         self.ctx.accept_websocket(server)

@@ -64,7 +64,6 @@ from ._sqlite import (
     ALARM_TABLE,
     KV_TABLE,
     MAX_VALUE_BYTES,
-    META_TABLE,
     RUNTIME_TABLES,
     ObjectDatabase,
 )
@@ -266,6 +265,18 @@ class _Batches:
                 return
         if not self.pending:
             return
+        if self.db.file_pending:
+            # The first commit of a database that is not on disk yet (see ObjectDatabase).
+            try:
+                if self.db.holds_nothing():
+                    locks, self.pending = self.pending, []
+                    for lock in locks:
+                        lock.release()  # as stored as it gets: no file, nothing in it
+                    return
+                self.db.create_file()
+            except (sqlite3.Error, OSError) as exc:
+                self.fail(exc)
+                return
         self.flushing = True
         locks, self.pending = self.pending, []
         _flusher().flush(self.db, lambda error: self._flushed(error, locks))
@@ -416,11 +427,6 @@ class Storage:
         self._batches = _Batches(db, host)
         self.sql = SqlStorage(self)
         self.kv = SyncKV(self)
-        if host.id.name is not None:
-            db.connection.execute(
-                f"INSERT OR IGNORE INTO {META_TABLE} (key, value) VALUES ('name', ?)",
-                (host.id.name,),
-            )
 
     def _conn(self, method: str) -> sqlite3.Connection:
         db = self._db
