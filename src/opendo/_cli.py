@@ -11,8 +11,9 @@ import click
 
 from ._app import Runtime
 from ._config import ConfigError, load_config
+from ._errors import StorageError
 from ._migrations import MigrationError, pending
-from ._sqlite import read_migrations
+from ._sqlite import check_persist_directory, read_migrations
 
 __all__ = ["main"]
 
@@ -38,6 +39,7 @@ def _run(
         config = load_config(project, env)
         Runtime.from_config(config)  # import the Worker module: fail now, and clearly
         persist = (persist_to or config.root / ".opendo" / "state").resolve()
+        check_persist_directory(persist)  # a read-only or full one: refused now, clearly
         pending(config.migrations, read_migrations(persist))  # and these, in the server
         serve(
             config.root,
@@ -50,7 +52,7 @@ def _run(
             reload=reload,
             log_level=log_level,
         )
-    except (ConfigError, MigrationError) as exc:
+    except (ConfigError, MigrationError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
         sys.exit(2)
 

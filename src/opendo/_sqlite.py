@@ -413,6 +413,37 @@ def _lock_holder(fd: int, offset: int) -> int | None:
     return None if kind == fcntl.F_UNLCK else int(pid)
 
 
+PROBE_BYTES = 4096
+
+
+def check_persist_directory(directory: Path) -> None:
+    """Refuse a persist directory that cannot be written (read-only, full, not a directory):
+    make it if it is missing, then create a probe file in it, write and fsync it, fsync the
+    directory, and remove the probe. Raises StorageError saying which directory and why."""
+    probe = directory / f".opendo-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            data = memoryview(b"\0" * PROBE_BYTES)
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+        _fsync_dir(directory)
+    except OSError as exc:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise StorageError(
+            f"the persist directory {directory} is not writable: {exc.strerror or exc} "
+            f"(checked by creating, writing and syncing a file there)"
+        ) from None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -205,6 +205,21 @@ def _flush_threads() -> concurrent.futures.ThreadPoolExecutor:
     return _threads[0]
 
 
+def _storage_failed(host: ObjectHost, error: BaseException, could_not: str) -> StorageError:
+    """What callers of a failed write are told (and the log says): that storage failed, why,
+    and for which object."""
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:
+        reason = str(error) or type(error).__name__
+    name = host.namespace.object_class.__name__
+    return StorageError(
+        f"storage failed: {reason} (a write of {name}({host.id}) could not be {could_not})"
+    )
+
+
 class _Batches:
     """Commits batches at the end of a turn and makes them durable through the flusher."""
 
@@ -261,7 +276,7 @@ class _Batches:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self.fail(exc)
+                self.fail(exc, "committed")
                 return
         if not self.pending:
             return
@@ -275,7 +290,7 @@ class _Batches:
                     return
                 self.db.create_file()
             except (sqlite3.Error, OSError) as exc:
-                self.fail(exc)
+                self.fail(exc, "stored in a new database file")
                 return
         self.flushing = True
         locks, self.pending = self.pending, []
@@ -293,14 +308,16 @@ class _Batches:
                     carry.release()
                 else:
                     # What the next instance may have read did not reach the disk.
-                    carry.fail(error)
-                    self.host.reset(f"an earlier write failed: {error!r}")
+                    failure = _storage_failed(self.host, error, "synced to disk")
+                    carry.fail(failure)
+                    self.host.reset(f"an earlier write failed: {failure}")
             return
         if error is not None:
             self.db.mark_failed(error)
+            failure = _storage_failed(self.host, error, "synced to disk")
             for lock in locks:
-                lock.fail(error)
-            self.fail(error)
+                lock.fail(failure)
+            self.fail(failure)
             return
         for lock in locks:
             lock.release()
@@ -314,16 +331,18 @@ class _Batches:
         else:
             self.pending.append(lock)
 
-    def fail(self, error: BaseException) -> None:
-        """A write did not make it: drop what waits on it and reset the object."""
-        log.error("a write of %s failed: %r", self.host.id, error)
+    def fail(self, error: BaseException, could_not: str = "committed") -> None:
+        """A write did not make it: drop what waits on it (its callers get a StorageError
+        that says so) and reset the object."""
+        failure = _storage_failed(self.host, error, could_not)
+        log.error("%s", failure)
         for lock in (self.batch_lock, *self.pending):
             if lock is not None:
-                lock.fail(error)
+                lock.fail(failure)
         self.batch_lock = None
         self.pending = []
         if not self.closed:
-            self.host.reset(f"a write failed: {error!r}")
+            self.host.reset(str(failure))
 
     def close(self) -> None:
         """Roll back what was not committed and close the database (after a running flush)."""
@@ -592,12 +611,12 @@ class Storage:
             quoted = '"' + name.replace('"', '""') + '"'
             conn.execute(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {quoted}")
 
-    async def sync(self) -> None:
-        """Wait until every write made so far is durable."""
-        await self._in_turn("sync", False, self._conn, "sync")
-        host = self._host
-        if host.output_gate.is_clear and self._batches.batch_lock is None:
-            return
+    def sync(self) -> asyncio.Future[None]:
+        """Every write made so far, durable: a future that is done once they are, or fails
+        with a StorageError if one of them could not be stored. ``await storage.sync()``
+        waits for it; ``storage.sync().add_done_callback(fn)`` learns it without waiting."""
+        if self._db is None:
+            raise _gone("sync")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done(error: BaseException | None) -> None:
@@ -608,8 +627,13 @@ class Storage:
             else:
                 future.set_exception(StorageError(f"a write failed: {error}"))
 
-        host.output_gate.when_clear(done)
-        await future
+        if self._txn_owner is None or current_event() is self._txn_owner:
+            self._host.output_gate.when_clear(done)
+        else:  # behind another event's transaction: the writes queued before it count too
+            turn = self._in_turn("sync", False, lambda: self._host.output_gate.when_clear(done))
+            assert isinstance(turn, asyncio.Future)
+            turn.add_done_callback(lambda t: _pass_failure(t, future))
+        return future
 
     # -- the alarm ---------------------------------------------------------------------------
 
@@ -869,6 +893,12 @@ class Storage:
 
     def _list_dict(self, query: _Query, method: str) -> dict[str, Any]:
         return dict(self._list_rows(query, method))
+
+
+def _pass_failure(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    error = source.exception()
+    if error is not None and not target.done():
+        target.set_exception(error)
 
 
 def _gone(method: str) -> StorageError:

@@ -940,8 +940,8 @@ class Storage:
         storage = self._storage
         return storage._in_turn("deleteAlarm", True, storage._delete_alarm, "deleteAlarm")
 
-    def sync(self) -> Coroutine[Any, Any, None]:
-        """Wait until every write made so far is durable."""
+    def sync(self) -> asyncio.Future[None]:
+        """Every write made so far, durable: ``await storage.sync()``."""
         return self._storage.sync()
 
     def transaction(self, closure: Callable[[Transaction], Any]) -> Coroutine[Any, Any, Any]:
