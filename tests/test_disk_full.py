@@ -32,6 +32,7 @@ from conftest import CHAT, STOP_DEADLINE, run_opendo
 from websockets.sync.client import ClientConnection, connect
 
 RECV = 5.0
+NO_RATE_LIMIT = ("--env", "bench")  # the chat's rate limit would answer before storage does
 DISK = 4 * 1024 * 1024  # the tmpfs: room for the server's start, then filled by the test
 FSIZE = 96 * 1024  # the RLIMIT_FSIZE stand-in: a few dozen commits fit in the WAL
 
@@ -140,7 +141,9 @@ def test_the_chat_tells_the_sender_when_its_message_could_not_be_stored(
 ) -> None:
     state, log = disk.root / "state", tmp_path / "server.log"
     with (
-        run_opendo("serve", CHAT, "--port", "0", "--persist-to", state, stderr_log=log) as server,
+        run_opendo(
+            "serve", CHAT, *NO_RATE_LIMIT, "--port", "0", "--persist-to", state, stderr_log=log
+        ) as server,
         ExitStack() as sockets,
     ):
         port = server.wait_ready()
@@ -161,7 +164,9 @@ def test_the_chat_tells_the_sender_when_its_message_could_not_be_stored(
                 assert frame["text"] == text, frame
                 stored.append(text)
                 assert recv(bob)["text"] == text  # what is stored reaches everyone...
-        assert len(refused) >= 100, (len(stored), len(refused))
+        # On a full tmpfs every one fails; under RLIMIT_FSIZE, the reset after a failure lets
+        # SQLite checkpoint its WAL into a fresh start, so some get through again.
+        assert len(refused) >= (100 if disk.mounted else 1), (len(stored), len(refused))
         # ...and nothing else did: bob's next frame is what ada sends once there is room.
         disk.free()
         if disk.mounted:
@@ -198,7 +203,14 @@ def test_a_room_whose_storage_fails_answers_the_handshake_with_503(
     state = disk.root / "state"
     with (
         run_opendo(
-            "serve", CHAT, "--port", "0", "--persist-to", state, stderr_log=tmp_path / "log"
+            "serve",
+            CHAT,
+            *NO_RATE_LIMIT,
+            "--port",
+            "0",
+            "--persist-to",
+            state,
+            stderr_log=tmp_path / "log",
         ) as server,
         ExitStack() as sockets,
     ):
@@ -212,16 +224,19 @@ def test_a_room_whose_storage_fails_answers_the_handshake_with_503(
         sockets.close()
         rooms = ["warm", "new-room"] if disk.mounted else ["warm"]
         for room in rooms:  # its counter cannot be stored: no id, no connection
-            response = httpx.get(
-                f"http://127.0.0.1:{port}/{room}",
-                headers={
-                    "Connection": "Upgrade",
-                    "Upgrade": "websocket",
-                    "Sec-WebSocket-Version": "13",
-                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                },
-                timeout=RECV,
-            )
+            for _ in range(200):  # (under RLIMIT_FSIZE, until the WAL is full again)
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/{room}",
+                    headers={
+                        "Connection": "Upgrade",
+                        "Upgrade": "websocket",
+                        "Sec-WebSocket-Version": "13",
+                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    },
+                    timeout=RECV,
+                )
+                if response.status_code != 101 or disk.mounted:
+                    break
             assert response.status_code == 503, response.text
             assert "storage failed" in response.text, response.text
 
