@@ -22,6 +22,7 @@ from conftest import CHAT, run_opendo
 
 from opendo import SqliteDriver
 from opendo._ids import NamespaceKey
+from opendo._migrations import MigrationError
 from opendo._sqlite import LOCK_FILE, ObjectInUseError
 
 CHAT_KEY = NamespaceKey("Chat")
@@ -111,3 +112,23 @@ def test_releasing_one_object_keeps_the_others_of_the_process_held(tmp_path: Pat
         for db in dbs.values():
             db.close()
     assert holders_seen_from_another_process(state, *names) == [None, None, None]
+
+
+def test_no_migration_renames_or_deletes_a_class_a_server_has_an_object_of(
+    tmp_path: Path,
+) -> None:
+    # The object is open in the server but has stored nothing: it has no file for a
+    # migration to find, and yet the class is held.
+    state = tmp_path / "state"
+    driver = SqliteDriver(state)
+    with run_opendo("serve", CHAT, "--port", "0", "--persist-to", state) as server:
+        port = server.wait_ready()
+        assert httpx.get(f"http://127.0.0.1:{port}/lobby", timeout=5).status_code == 426
+        assert not (state / "Chat").exists()
+        held = rf"an object of class 'Chat' is held by another process \(pid {server.proc.pid}"
+        with pytest.raises(MigrationError, match=rf"cannot delete class 'Chat': {held}"):
+            driver.delete_class("Chat")
+        with pytest.raises(MigrationError, match=rf"cannot rename class 'Chat' to 'Room': {held}"):
+            driver.rename_class("Chat", "Room")
+        server.stop(signal.SIGKILL)
+    driver.rename_class("Chat", "Room")  # nothing to move, and nothing in the way

@@ -286,27 +286,80 @@ LOCK_FILE = "objects.lock"
 
 
 class _LockFile:
-    """This process's one open file descriptor of a persist directory's lock file, and how
-    many opens hold each of its objects (by lock offset)."""
+    """This process's one open descriptor of a persist directory's lock file, and what it
+    holds there: each object (by offset) with how many opens share it, each class (by
+    offset) with how many of its objects are held, and the classes held exclusively."""
 
-    __slots__ = ("fd", "held")
+    __slots__ = ("fd", "objects", "classes", "exclusive")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.held: dict[int, int] = {}
+        self.objects: dict[int, int] = {}
+        self.classes: dict[int, int] = {}
+        self.exclusive: set[int] = set()
+
+    def empty(self) -> bool:
+        return not self.objects and not self.exclusive
 
 
 _lock_files: dict[str, _LockFile] = {}  # persist directory (real path) -> its lock file
 _lock_mutex = threading.Lock()
 
 
-def _lock_place(path: Path) -> tuple[Path, str, int]:
+def _offset(*parts: str) -> int:
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2  # 62 bits: a positive off_t, with room for 1
+
+
+def _lock_place(path: Path) -> tuple[Path, int, int]:
     """For an object's database path ``<persist>/<Class>/<id>.sqlite``: the persist
-    directory, its key in ``_lock_files``, and the object's byte in the lock file."""
-    persist = path.parent.parent
-    digest = hashlib.blake2b(f"{path.parent.name}\0{path.stem}".encode(), digest_size=8).digest()
-    offset = int.from_bytes(digest, "big") >> 2  # 62 bits: a positive off_t, with room for 1
-    return persist, os.path.realpath(persist), offset
+    directory, and the bytes of the object and of its class in the lock file."""
+    class_name = path.parent.name
+    return path.parent.parent, _offset(class_name, path.stem), _offset("class", class_name)
+
+
+def _lock_file(persist: Path) -> tuple[str, _LockFile]:
+    """This process's lock file of ``persist`` (opened, and the directory made, if needed)."""
+    key = os.path.realpath(persist)
+    lock_file = _lock_files.get(key)
+    if lock_file is None:
+        try:
+            persist.mkdir(parents=True, exist_ok=True)
+            fd = os.open(persist / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot open {persist / LOCK_FILE} to hold objects there: "
+                f"{exc.strerror or exc}; the persist directory must be writable"
+            ) from None
+        lock_file = _lock_files[key] = _LockFile(fd)
+    return key, lock_file
+
+
+def _done_with(key: str, lock_file: _LockFile) -> None:
+    if lock_file.empty():
+        os.close(lock_file.fd)  # it holds nothing more: closing drops nothing still wanted
+        del _lock_files[key]
+
+
+def _try_lock(lock_file: _LockFile, offset: int, exclusive: bool) -> int | None:
+    """Lock one byte without waiting: None if it is ours now, else the pid in the way (0 if
+    unknown)."""
+    kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.lockf(lock_file.fd, kind | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return _lock_holder(lock_file.fd, offset) or 0
+    return None
+
+
+def _unlock(lock_file: _LockFile, offset: int) -> None:
+    fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+
+def _by(pid: int) -> str:
+    return f"pid {pid}: a running opendo server?" if pid else "a running opendo server?"
 
 
 def hold(path: Path) -> None:
@@ -314,76 +367,93 @@ def hold(path: Path) -> None:
 
     An exclusive POSIX record lock (``fcntl`` F_SETLK) on one byte of ``<persist>/
     objects.lock``, at an offset derived from the object's class and id, so holding needs no
-    file of the object's own. Record locks belong to the process, and closing *any*
-    descriptor of the file drops all of them: so the process opens the lock file once and
-    keeps that descriptor while it holds anything there (it is closed when the last hold
-    ends, which drops nothing still wanted), and opens of one object in this process (an
+    file of the object's own; and a shared lock on its class's byte, which a migration
+    renaming or deleting the class takes exclusively (``_holding_all``). Record locks belong
+    to the process, and closing *any* descriptor of the file drops all of them: so the
+    process opens the lock file once and keeps that descriptor while it holds anything there
+    (it is closed when the last hold ends), and opens of one object in this process (an
     instance reset while its last flush runs and the next one overlap) share the lock by
     count. The operating system drops the locks when the process dies, so a crashed server
     never leaves an object held.
     """
-    persist, key, offset = _lock_place(path)
+    persist, offset, class_offset = _lock_place(path)
     with _lock_mutex:
-        lock_file = _lock_files.get(key)
-        if lock_file is None:
-            try:
-                persist.mkdir(parents=True, exist_ok=True)
-                fd = os.open(persist / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise StorageError(
-                    f"cannot open {persist / LOCK_FILE} to hold an object there: "
-                    f"{exc.strerror or exc}; the persist directory must be writable"
-                ) from None
-            lock_file = _lock_files[key] = _LockFile(fd)
-        count = lock_file.held.get(offset, 0)
+        key, lock_file = _lock_file(persist)
+        count = lock_file.objects.get(offset, 0)
         if count == 0:
-            try:
-                fcntl.lockf(lock_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-                pid = _lock_holder(lock_file.fd, offset)
-                if not lock_file.held:
-                    os.close(lock_file.fd)
-                    del _lock_files[key]
-                by = f"pid {pid}" if pid is not None else "another process"
+            if class_offset in lock_file.exclusive:
+                raise ObjectInUseError(f"{path}: its class is being migrated in this process")
+            classes = lock_file.classes.get(class_offset, 0)
+            if classes == 0 and (pid := _try_lock(lock_file, class_offset, False)) is not None:
+                _done_with(key, lock_file)
                 raise ObjectInUseError(
-                    f"{path} is held by another process ({by}: a running opendo server?)"
-                ) from None
-        lock_file.held[offset] = count + 1
+                    f"{path}: its class is being renamed or deleted by another process ({_by(pid)})"
+                )
+            if (pid := _try_lock(lock_file, offset, True)) is not None:
+                if classes == 0:
+                    _unlock(lock_file, class_offset)
+                _done_with(key, lock_file)
+                raise ObjectInUseError(f"{path} is held by another process ({_by(pid)})")
+            lock_file.classes[class_offset] = classes + 1
+        lock_file.objects[offset] = count + 1
 
 
 def release(path: Path) -> None:
-    _, key, offset = _lock_place(path)
+    persist, offset, class_offset = _lock_place(path)
     with _lock_mutex:
+        key = os.path.realpath(persist)
         lock_file = _lock_files[key]
-        count = lock_file.held[offset]
+        count = lock_file.objects.pop(offset)
         if count > 1:
-            lock_file.held[offset] = count - 1
+            lock_file.objects[offset] = count - 1
             return
-        del lock_file.held[offset]
-        if lock_file.held:
-            fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
-        else:
-            os.close(lock_file.fd)  # drops this lock, the last one this process had there
-            del _lock_files[key]
+        classes = lock_file.classes.pop(class_offset) - 1
+        if classes:
+            lock_file.classes[class_offset] = classes
+        if lock_file.empty():
+            _done_with(key, lock_file)  # drops both locks
+            return
+        _unlock(lock_file, offset)
+        if not classes:
+            _unlock(lock_file, class_offset)
 
 
-def held_here(path: Path) -> bool:
-    """Whether this process holds the object of ``path``."""
-    _, key, offset = _lock_place(path)
+def hold_class(persist: Path, class_name: str) -> None:
+    """Hold every object of a class, stored or not (to rename or delete the class), or raise
+    ObjectInUseError: an exclusive lock on the class's byte, which every ``hold`` of one of
+    its objects shares."""
+    class_offset = _offset("class", class_name)
     with _lock_mutex:
-        lock_file = _lock_files.get(key)
-        return lock_file is not None and offset in lock_file.held
+        key, lock_file = _lock_file(persist)
+        if lock_file.classes.get(class_offset) or class_offset in lock_file.exclusive:
+            raise ObjectInUseError(f"an object of class {class_name!r} is open in this process")
+        if (pid := _try_lock(lock_file, class_offset, True)) is not None:
+            _done_with(key, lock_file)
+            raise ObjectInUseError(
+                f"an object of class {class_name!r} is held by another process ({_by(pid)})"
+            )
+        lock_file.exclusive.add(class_offset)
+
+
+def release_class(persist: Path, class_name: str) -> None:
+    class_offset = _offset("class", class_name)
+    with _lock_mutex:
+        key = os.path.realpath(persist)
+        lock_file = _lock_files[key]
+        lock_file.exclusive.remove(class_offset)
+        if lock_file.empty():
+            _done_with(key, lock_file)
+        else:
+            _unlock(lock_file, class_offset)
 
 
 def holder_of(path: Path) -> int | None:
     """The pid of the process that holds the object of ``path``, or None."""
-    persist, key, offset = _lock_place(path)
+    persist, offset, _ = _lock_place(path)
     with _lock_mutex:
-        lock_file = _lock_files.get(key)
+        lock_file = _lock_files.get(os.path.realpath(persist))
         if lock_file is not None:
-            if offset in lock_file.held:
+            if offset in lock_file.objects:
                 return os.getpid()  # F_GETLK does not report this process's own locks
             return _lock_holder(lock_file.fd, offset)
         try:
@@ -559,24 +629,24 @@ class SqliteDriver:
 
     def rename_class(self, old: str, new: str) -> None:
         source, target = self.directory / old, self.directory / new
-        if not source.is_dir():
-            return  # no object of it was stored (or a run before a crash moved them)
-        if target.is_dir():
-            if any(target.iterdir()):
-                raise MigrationError(
-                    f"cannot rename class {old!r} to {new!r}: {target} already holds objects "
-                    f"of a class named {new!r}; move or delete them first"
-                )
-            target.rmdir()
-        with _holding_all(source, f"rename class {old!r} to {new!r}"):
+        with _holding_all(self.directory, old, f"rename class {old!r} to {new!r}"):
+            if not source.is_dir():
+                return  # no object of it was stored (or a run before a crash moved them)
+            if target.is_dir():
+                if any(target.iterdir()):
+                    raise MigrationError(
+                        f"cannot rename class {old!r} to {new!r}: {target} already holds "
+                        f"objects of a class named {new!r}; move or delete them first"
+                    )
+                target.rmdir()
             source.rename(target)
             _fsync_dir(self.directory)
 
     def delete_class(self, name: str) -> None:
         directory = self.directory / name
-        if not directory.is_dir():
-            return
-        with _holding_all(directory, f"delete class {name!r}"):
+        with _holding_all(self.directory, name, f"delete class {name!r}"):
+            if not directory.is_dir():
+                return
             shutil.rmtree(directory)
             _fsync_dir(self.directory)
 
@@ -598,28 +668,22 @@ def read_migrations(directory: Path) -> MigrationRecord:
 
 
 class _holding_all:
-    """Hold every object database in a class directory, or fail with what is in use."""
+    """Hold every object of a class, stored or only open in memory, or fail saying what is
+    in use (``hold_class``)."""
 
-    def __init__(self, directory: Path, doing: str) -> None:
-        self.files = sorted(directory.glob("*.sqlite"))
+    def __init__(self, persist: Path, class_name: str, doing: str) -> None:
+        self.persist = persist
+        self.class_name = class_name
         self.doing = doing
 
     def __enter__(self) -> None:
-        held: list[Path] = []
         try:
-            for file in self.files:
-                if held_here(file):
-                    raise ObjectInUseError(f"{file} is open in this process")
-                hold(file)
-                held.append(file)
+            hold_class(self.persist, self.class_name)
         except ObjectInUseError as exc:
-            for file in held:
-                release(file)
             raise MigrationError(f"cannot {self.doing}: {exc}") from None
 
     def __exit__(self, *exc: object) -> None:
-        for file in self.files:
-            release(file)
+        release_class(self.persist, self.class_name)
 
 
 class MemoryDriver:
