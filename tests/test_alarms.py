@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,13 +193,13 @@ async def attempts(n: int) -> None:
     assert len(probe.attempts) == n, probe.attempts
 
 
-def run_now(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a storage coroutine that never suspends (for use inside ``transaction_sync``)."""
+def run_now(call: Awaitable[Any]) -> Any:
+    """The result of a storage call that has run (for use inside ``transaction_sync``)."""
+    steps = call.__await__()
     try:
-        coro.send(None)
+        next(steps)
     except StopIteration as stop:
         return stop.value
-    coro.close()
     raise AssertionError("the storage call suspended")
 
 

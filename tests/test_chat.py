@@ -45,6 +45,7 @@ ERROR_CODES = {
     "rate_limited",
     "bad_name",
     "unknown_type",
+    "storage_failed",
 }
 MESSAGE_KEYS = {"from", "text", "name", "at"}
 

@@ -400,7 +400,7 @@ def read_stderr_until(server: OpendoProcess, count: int, within: float) -> list[
     return lines
 
 
-def test_over_http_a_failing_start_answers_500_at_once_logs_little_and_sigterm_stops_it(
+def test_over_http_a_failing_start_answers_503_at_once_logs_little_and_sigterm_stops_it(
     tmp_path: Path,
 ) -> None:
     project = write_project(tmp_path / "project")
@@ -408,7 +408,8 @@ def test_over_http_a_failing_start_answers_500_at_once_logs_little_and_sigterm_s
     with run_opendo(*args) as server:
         port = server.wait_ready()
         answers = [get(port, "/broken/") for _ in range(3)]
-        assert [status for status, _, _ in answers] == [500, 500, 500]
+        assert [status for status, _, _ in answers] == [503, 503, 503]
+        assert all("failed to start" in body for _, body, _ in answers), answers
         assert all(seconds < 2.0 for _, _, seconds in answers), answers
         assert all("Traceback" not in body for _, body, _ in answers)
         assert get(port, "/fine/")[:2] == (200, "ok")  # other objects carry on

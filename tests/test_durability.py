@@ -423,12 +423,14 @@ async def test_a_failed_flush_turns_held_http_responses_into_errors(
 
         driver.release()
         response = await asyncio.wait_for(waiting, RECV)
-        assert response.status_code == 500  # never "2": that write was not acknowledged
+        assert response.status_code == 503  # never "2": that write was not acknowledged
+        assert "a write failed" in response.text
         driver.error = None
         # The failed commit reached SQLite's WAL before its fsync failed: this server does
         # not read it back (it may not be on disk), and says so without a traceback.
         after = await http.get("/counter/x")
-        assert after.status_code == 500
+        assert after.status_code == 503
+        assert "unavailable until the server restarts" in after.text
         assert "Traceback" not in after.text
 
     # After a restart the count goes on; the failed write's outcome is unknown, like a timeout.

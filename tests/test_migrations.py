@@ -389,6 +389,7 @@ def test_admin_commands_find_a_renamed_class_by_name(tmp_path: Path) -> None:
     driver = SqliteDriver(state)
     apply(driver, [Migration("v1", new_classes=("Note",))])
     db = driver.open("Note", NamespaceKey("Note").from_name("ann"))
+    db.create_file()  # what its first write does: the file, with the name recorded in it
     db.close()
     apply(
         driver,

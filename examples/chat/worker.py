@@ -16,7 +16,15 @@ import time
 import unicodedata
 import weakref
 
-from opendo import DurableObject, Request, Response, WebSocket, WebSocketPair, WorkerEntrypoint
+from opendo import (
+    DurableObject,
+    DurableObjectError,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketPair,
+    WorkerEntrypoint,
+)
 
 HISTORY = 100  # messages kept and sent to a client that joins
 TRIM_EVERY = 20  # older messages are deleted every 20 messages, not on each one
@@ -29,22 +37,24 @@ ANNOUNCE_UP_TO = 256  # larger rooms don't announce every join and leave
 class Chat(DurableObject):
     def __init__(self, ctx, env):
         super().__init__(ctx, env)
-        self.sql = ctx.storage.sql
-        self.sql.exec(
-            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "sender INTEGER NOT NULL, name TEXT, text TEXT NOT NULL, at INTEGER NOT NULL)"
-        )
+        self.sql = ctx.storage.sql  # the messages table is made by the first connection
         self.buckets = weakref.WeakKeyDictionary()  # socket -> (tokens, when); memory only
         self.per_second = float(env.get("MESSAGES_PER_SECOND", 2))  # 0: no limit
 
     async def fetch(self, request: Request) -> Response:
-        if request.headers.get("Upgrade") != "websocket":
+        if (request.headers.get("Upgrade") or "").lower() != "websocket":
             return Response("Expected upgrade: websocket", status=426)
 
         # The counter is in storage, so ids keep counting up across restarts. No lock is
         # needed: nothing else runs in this object between the get and the put.
         id = (await self.ctx.storage.get("counter") or 0) + 1
         await self.ctx.storage.put("counter", id)
+        # Made here, with the first write, rather than in the constructor: a room that only
+        # ever answered 426 stores nothing (every message arrives on a socket made here).
+        self.sql.exec(
+            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "sender INTEGER NOT NULL, name TEXT, text TEXT NOT NULL, at INTEGER NOT NULL)"
+        )
 
         client, server = WebSocketPair()
         self.ctx.accept_websocket(server)
@@ -112,6 +122,10 @@ class Chat(DurableObject):
             self.sql.exec("DELETE FROM messages WHERE seq <= ?", seq - HISTORY)
         frame = {"from": user["id"], "text": text, "name": user["name"], "at": at}
         broadcast(self.ctx.get_websockets(), frame)
+        # The broadcast leaves once the message is on disk. If it cannot be stored (a full
+        # disk), the broadcast is dropped and the room is reset: the sender is told, by a
+        # callback, so that no handler waits for the disk.
+        self.ctx.storage.sync().add_done_callback(lambda durable: stored(ws, durable))
 
     def rename(self, ws: WebSocket, name) -> None:
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME:
@@ -169,6 +183,11 @@ def broadcast(sockets: list[WebSocket], frame: dict) -> None:
         ws.send(text)
 
 
+def stored(ws: WebSocket, durable) -> None:
+    if durable.exception() is not None:
+        refuse(ws, "storage_failed", "your message was not stored, so no one got it")
+
+
 def refuse(ws: WebSocket, code: str, message: str) -> None:
     send(ws, {"type": "error", "error": code, "message": message})
 
@@ -178,4 +197,7 @@ class Default(WorkerEntrypoint):
         room = request.path[1:]
         if not room:
             return Response("Bad request", status=400)
-        return await self.env.CHAT.get_by_name(room).fetch(request)
+        try:
+            return await self.env.CHAT.get_by_name(room).fetch(request)
+        except DurableObjectError as exc:  # the room could not store the new connection
+            return Response(f"The room is unavailable: {exc}", status=503)

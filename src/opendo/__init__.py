@@ -14,7 +14,12 @@ from ._asgi import App
 from ._clock import Clock, FakeClock, LoopClock
 from ._codec import CodecError, DecodeError
 from ._config import Config, ConfigError, load_config
-from ._errors import DurableObjectError, DurableObjectResetError, DurableObjectStartError
+from ._errors import (
+    DurableObjectError,
+    DurableObjectResetError,
+    DurableObjectStartError,
+    StorageUnavailableError,
+)
 from ._gates import GateBrokenError, InputGate, OutputGate
 from ._http import Headers, Request, Response
 from ._ids import DurableObjectId
@@ -74,6 +79,7 @@ __all__ = [
     "Storage",
     "StorageDriver",
     "StorageError",
+    "StorageUnavailableError",
     "Transaction",
     "WebSocket",
     "WebSocketPair",

@@ -12,9 +12,10 @@ import click
 
 from ._app import Runtime
 from ._config import ConfigError, check_persist_dir, load_config
+from ._errors import StorageError
 from ._gateway import LIMIT_HELP, Limits
 from ._migrations import MigrationError, pending
-from ._sqlite import read_migrations
+from ._sqlite import check_persist_directory, read_migrations
 
 __all__ = ["main"]
 
@@ -46,7 +47,8 @@ def _run(
         config = load_config(project, env)
         Runtime.from_config(config)  # import the Worker module: fail now, and clearly
         persist = (persist_to or config.root / ".opendo" / "state").resolve()
-        check_persist_dir(config, persist)
+        check_persist_dir(config, persist)  # not inside the assets
+        check_persist_directory(persist)  # a read-only or full one: refused now, clearly
         pending(config.migrations, read_migrations(persist))  # and these, in the server
         serve(
             config.root,
@@ -60,7 +62,7 @@ def _run(
             log_level=log_level,
             limits=chosen,
         )
-    except (ConfigError, MigrationError) as exc:
+    except (ConfigError, MigrationError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
         sys.exit(2)
 

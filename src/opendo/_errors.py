@@ -50,6 +50,11 @@ class StorageError(Exception):
     """A storage call was refused: bad arguments, a limit, or a storage that is gone."""
 
 
+class StorageUnavailableError(DurableObjectError, StorageError):
+    """The object's storage cannot be used: a write to it failed to reach the disk, and what
+    it wrote last may be lost, so it is not read again until the server restarts."""
+
+
 def as_remote(exc: BaseException) -> BaseException:
     """The error a caller sees for ``exc`` raised inside an object.
 

@@ -34,12 +34,14 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import re
 import resource
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._assets import Asset, Assets
+from ._errors import DurableObjectError
 from ._http import Headers, Request, Response
 
 if TYPE_CHECKING:
@@ -173,6 +175,17 @@ def accept_key(key: str) -> str:
 def _refuse(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     response = Response(message + "\n", status=status, headers=headers)
     response.headers.set("connection", "close")
+    return response
+
+
+def _unavailable(request: Request, exc: DurableObjectError) -> Response:
+    """The answer to an infrastructure error that reached the Worker uncaught (an object that
+    could not start, or whose write could not be stored): 503, saying what happened."""
+    log.warning("%s %s: %s", request.method, request.url, exc)
+    response = Response(f"Service Unavailable: {exc}\n", status=503)
+    retry_after = getattr(exc, "retry_after", 0)
+    if retry_after:
+        response.headers.set("retry-after", str(max(1, math.ceil(retry_after))))
     return response
 
 
@@ -332,6 +345,11 @@ class Gateway:
             )
         except ClientGone:
             return Response(status=400)  # nobody reads it
+        except DurableObjectError as exc:
+            if type(exc) is DurableObjectError:  # user code's error, as its caller saw it
+                log.exception("%s %s failed", request.method, request.url)
+                return Response("Internal Server Error", status=500)
+            return _unavailable(request, exc)
         except Exception:
             log.exception("%s %s failed", request.method, request.url)
             return Response("Internal Server Error", status=500)

@@ -127,11 +127,15 @@ class _Server(uvicorn.Server):
 
 
 def _setup_logging() -> None:
+    from ._logging import install
+
     logging.basicConfig(
         level=os.environ.get(_ENV_LOG_LEVEL, "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Identical lines repeated (a full disk fails every write) are rate-limited.
+    install(logging.getLogger(), logging.getLogger("uvicorn"), logging.getLogger("uvicorn.access"))
 
 
 def serve(

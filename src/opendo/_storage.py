@@ -31,6 +31,13 @@ object's batches keep growing while its round runs).
 need to be locked for them; it is locked for the whole of an async ``transaction(fn)``, whose
 function may await other things, so that no other event can see or join it.
 
+*Calls.* Each KV and alarm call runs when it is made and returns an awaitable of its result
+that is not a coroutine, so a call left unawaited has still happened, as on Cloudflare. Only
+while another event's ``transaction()`` is open does a call wait: it is queued (a write with
+an ``OutputLock`` taken at the call, so what its event sends afterwards still waits for it),
+and when the transaction ends the queue runs in call order, up to the next queued
+``transaction()``, which is handed the storage. No task is made for a call.
+
 *Guards.* A ``Storage`` whose object was reset or evicted refuses every call, naming it.
 """
 
@@ -43,9 +50,11 @@ import logging
 import re
 import sqlite3
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._codec import decode, encode
 from ._errors import StorageError
@@ -55,7 +64,6 @@ from ._sqlite import (
     ALARM_TABLE,
     KV_TABLE,
     MAX_VALUE_BYTES,
-    META_TABLE,
     RUNTIME_TABLES,
     ObjectDatabase,
 )
@@ -197,6 +205,21 @@ def _flush_threads() -> concurrent.futures.ThreadPoolExecutor:
     return _threads[0]
 
 
+def _storage_failed(host: ObjectHost, error: BaseException, could_not: str) -> StorageError:
+    """What callers of a failed write are told (and the log says): that storage failed, why,
+    and for which object."""
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:
+        reason = str(error) or type(error).__name__
+    name = host.namespace.object_class.__name__
+    return StorageError(
+        f"storage failed: {reason} (a write of {name}({host.id}) could not be {could_not})"
+    )
+
+
 class _Batches:
     """Commits batches at the end of a turn and makes them durable through the flusher."""
 
@@ -253,10 +276,22 @@ class _Batches:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self.fail(exc)
+                self.fail(exc, "committed")
                 return
         if not self.pending:
             return
+        if self.db.file_pending:
+            # The first commit of a database that is not on disk yet (see ObjectDatabase).
+            try:
+                if self.db.holds_nothing():
+                    locks, self.pending = self.pending, []
+                    for lock in locks:
+                        lock.release()  # as stored as it gets: no file, nothing in it
+                    return
+                self.db.create_file()
+            except (sqlite3.Error, OSError) as exc:
+                self.fail(exc, "stored in a new database file")
+                return
         self.flushing = True
         locks, self.pending = self.pending, []
         _flusher().flush(self.db, lambda error: self._flushed(error, locks))
@@ -273,30 +308,41 @@ class _Batches:
                     carry.release()
                 else:
                     # What the next instance may have read did not reach the disk.
-                    carry.fail(error)
-                    self.host.reset(f"an earlier write failed: {error!r}")
+                    failure = _storage_failed(self.host, error, "synced to disk")
+                    carry.fail(failure)
+                    self.host.reset(f"an earlier write failed: {failure}")
             return
         if error is not None:
             self.db.mark_failed(error)
+            failure = _storage_failed(self.host, error, "synced to disk")
             for lock in locks:
-                lock.fail(error)
-            self.fail(error)
+                lock.fail(failure)
+            self.fail(failure)
             return
         for lock in locks:
             lock.release()
         if not self.closed and not self.depth and not self.commit_scheduled:
             self._commit_and_flush()  # the batches that completed meanwhile, in one commit
 
-    def fail(self, error: BaseException) -> None:
-        """A write did not make it: drop what waits on it and reset the object."""
-        log.error("a write of %s failed: %r", self.host.id, error)
+    def adopt(self, lock: OutputLock) -> None:
+        """``lock`` stands for a write just made (queued earlier): release it with the batch."""
+        if self.closed:
+            lock.fail(StorageError("the object was reset before its write was durable"))
+        else:
+            self.pending.append(lock)
+
+    def fail(self, error: BaseException, could_not: str = "committed") -> None:
+        """A write did not make it: drop what waits on it (its callers get a StorageError
+        that says so) and reset the object."""
+        failure = _storage_failed(self.host, error, could_not)
+        log.error("%s", failure)
         for lock in (self.batch_lock, *self.pending):
             if lock is not None:
-                lock.fail(error)
+                lock.fail(failure)
         self.batch_lock = None
         self.pending = []
         if not self.closed:
-            self.host.reset(f"a write failed: {error!r}")
+            self.host.reset(str(failure))
 
     def close(self) -> None:
         """Roll back what was not committed and close the database (after a running flush)."""
@@ -320,6 +366,57 @@ class _Batches:
             self.db.close()
 
 
+_Items = list[tuple[bytes, bytes]]  # encoded keys and values
+_Keys = bytes | list[bytes]  # one encoded key, or several
+_Query = tuple[str, list[bytes | int]]
+_Rows = list[tuple[str, Any]]
+
+
+class _Settled(Generic[T]):
+    """The awaitable a storage call returns when it has already run: awaiting it gives the
+    result without suspending. Not a coroutine, so one left unawaited loses nothing and
+    warns of nothing."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        yield from ()
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<storage call done: {self._value!r}>"
+
+
+_DONE: _Settled[Any] = _Settled(None)
+
+
+def _settled(value: T) -> Awaitable[T]:
+    return _DONE if value is None else _Settled(value)
+
+
+class _Queued:
+    """A call made while another event's ``transaction()`` was open: it runs when that
+    transaction ends. ``turn`` is the event of a queued ``transaction()`` itself; ``lock``
+    holds the output gate from the call of a write until that write is durable."""
+
+    __slots__ = ("op", "future", "lock", "turn")
+
+    def __init__(
+        self,
+        op: Callable[[], Any] | None,
+        future: asyncio.Future[Any],
+        lock: OutputLock | None = None,
+        turn: object | None = None,
+    ) -> None:
+        self.op = op
+        self.future = future
+        self.lock = lock
+        self.turn = turn
+
+
 class Storage:
     """``ctx.storage``: durable KV and SQL storage, private to this object."""
 
@@ -328,7 +425,7 @@ class Storage:
         "_batches",
         "_host",
         "_txn_owner",
-        "_txn_done",
+        "_queued",
         "_cache",
         "_in_alarm",
         "_alarm_set_in_handler",
@@ -340,7 +437,7 @@ class Storage:
         self._host = host
         self._db: ObjectDatabase | None = db
         self._txn_owner: object | None = None  # the event inside transaction()
-        self._txn_done = asyncio.Event()
+        self._queued: deque[_Queued] = deque()  # calls waiting for that transaction to end
         # Encoded values of recently used keys (None: known absent). Cleared whenever a
         # rollback might make it disagree with the database.
         self._cache: dict[bytes, bytes | None] = {}
@@ -349,31 +446,19 @@ class Storage:
         self._batches = _Batches(db, host)
         self.sql = SqlStorage(self)
         self.kv = SyncKV(self)
-        if host.id.name is not None:
-            db.connection.execute(
-                f"INSERT OR IGNORE INTO {META_TABLE} (key, value) VALUES ('name', ?)",
-                (host.id.name,),
-            )
 
     def _conn(self, method: str) -> sqlite3.Connection:
         db = self._db
         if db is None:
-            raise StorageError(
-                f"storage.{method}() was called on the storage of an object that was reset or "
-                "evicted; use the storage of the current instance (self.ctx.storage)"
-            )
+            raise _gone(method)
         owner = self._txn_owner
         if owner is not None and current_event() is not owner:
             raise StorageError(
                 f"storage.{method}() was called while another event's storage.transaction() "
-                "is open; use the async API (await storage.get/put/...), which waits for it"
+                "is open; use storage.get/put/... (not storage.kv or storage.sql), which run "
+                "once it ends"
             )
         return db.connection
-
-    async def _turn(self) -> None:
-        """Wait while another event's ``transaction()`` is open (so it stays isolated)."""
-        while self._txn_owner is not None and current_event() is not self._txn_owner:
-            await self._txn_done.wait()
 
     def _write(self, method: str) -> sqlite3.Connection:
         conn = self._conn(method)
@@ -382,43 +467,106 @@ class Storage:
         return conn
 
     def _close(self) -> None:
-        if self._db is not None:
-            self._db = None
-            self._batches.close()
+        if self._db is None:
+            return
+        self._db = None
+        self._batches.close()
+        queued, self._queued = self._queued, deque()
+        error = StorageError(
+            "the object was reset or evicted before this storage call could run (it was "
+            "waiting for another event's storage.transaction() to end)"
+        )
+        for call in queued:
+            if call.lock is not None:
+                call.lock.fail(error)
+            if not call.future.done():
+                call.future.set_exception(error)
 
-    # -- KV (async, as on Cloudflare) -------------------------------------------------------
+    # -- when a call runs ----------------------------------------------------------------------
+    #
+    # A call runs when it is made, awaited or not (as on Cloudflare), and returns an awaitable
+    # of its result. Only while another event's transaction() is open does it wait: it is
+    # queued, and the queue runs in call order when the transaction ends.
+
+    def _in_turn(self, method: str, write: bool, op: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """``op(*args)`` now if no other event's transaction is open, else queued."""
+        if self._txn_owner is None or current_event() is self._txn_owner:
+            return _settled(op(*args))
+        if self._db is None:
+            raise _gone(method)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # A write holds back what this event sends after it, as if it had run now.
+        lock = self._host.output_gate.lock() if write else None
+        self._queued.append(_Queued(partial(op, *args), future, lock))
+        return future
+
+    def _drain(self) -> None:
+        """The transaction ended: run the queued calls, in order, up to a queued
+        ``transaction()``, which is handed the storage next."""
+        queue = self._queued
+        while queue and self._txn_owner is None:
+            call = queue.popleft()
+            future = call.future
+            if future.done():  # a waiting transaction() that was cancelled
+                continue
+            if call.op is None:
+                self._txn_owner = call.turn
+                future.set_result(None)
+                return
+            try:
+                result = call.op()
+            except Exception as exc:
+                if call.lock is not None:
+                    call.lock.release()  # nothing of this call was written
+                future.set_exception(exc)
+            else:
+                if call.lock is not None:
+                    self._batches.adopt(call.lock)
+                future.set_result(result)
+
+    # -- KV (as on Cloudflare: each call runs when made, and returns an awaitable) ----------
 
     @overload
-    async def get(self, key: str) -> Any: ...
+    def get(self, key: str) -> Awaitable[Any]: ...
     @overload
-    async def get(self, key: list[str] | tuple[str, ...]) -> dict[str, Any]: ...
-    async def get(self, key: str | list[str] | tuple[str, ...]) -> Any:
+    def get(self, key: list[str] | tuple[str, ...]) -> Awaitable[dict[str, Any]]: ...
+    def get(self, key: str | list[str] | tuple[str, ...]) -> Awaitable[Any]:
         """The value of ``key`` (None if absent), or a dict of the found keys, in key order."""
-        if self._txn_owner is not None:
-            await self._turn()
-        return self._get(key, "get")
+        keys = _get_keys(key, "get")
+        if self._txn_owner is None:
+            return _settled(self._read(keys, "get"))
+        return self._in_turn("get", False, self._read, keys, "get")
 
     @overload
-    async def put(self, key: str, value: Any) -> None: ...
+    def put(self, key: str, value: Any) -> Awaitable[None]: ...
     @overload
-    async def put(self, key: Mapping[str, Any]) -> None: ...
-    async def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
+    def put(self, key: Mapping[str, Any]) -> Awaitable[None]: ...
+    def put(self, key: str | Mapping[str, Any], value: Any = None) -> Awaitable[None]:
         """Store ``value`` under ``key``, or every item of a dict (at most 128)."""
-        if self._txn_owner is not None:
-            await self._turn()
-        self._put(key, value, "put")
+        return self._put_call(key, value, "put")
+
+    def _put_call(self, key: Any, value: Any, method: str) -> Awaitable[None]:
+        items = _put_items(key, value, method)  # encoded now: later changes to it don't count
+        if self._txn_owner is None:
+            self._write_items(items, method)
+            return _DONE
+        return self._in_turn(method, True, self._write_items, items, method)
 
     @overload
-    async def delete(self, key: str) -> bool: ...
+    def delete(self, key: str) -> Awaitable[bool]: ...
     @overload
-    async def delete(self, key: list[str] | tuple[str, ...]) -> int: ...
-    async def delete(self, key: str | list[str] | tuple[str, ...]) -> bool | int:
+    def delete(self, key: list[str] | tuple[str, ...]) -> Awaitable[int]: ...
+    def delete(self, key: str | list[str] | tuple[str, ...]) -> Awaitable[bool | int]:
         """Delete ``key`` (True if it existed), or several keys (how many existed)."""
-        if self._txn_owner is not None:
-            await self._turn()
-        return self._delete(key, "delete")
+        return self._delete_call(key, "delete")
 
-    async def list(
+    def _delete_call(self, key: Any, method: str) -> Awaitable[bool | int]:
+        keys = _delete_keys(key, method)
+        if self._txn_owner is None:
+            return _Settled(self._delete_raw(keys, method))
+        return self._in_turn(method, True, self._delete_raw, keys, method)
+
+    def list(
         self,
         *,
         start: str | None = None,
@@ -427,18 +575,27 @@ class Storage:
         prefix: str | None = None,
         reverse: bool = False,
         limit: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> Awaitable[dict[str, Any]]:
         """Keys and values in key order (UTF-8 byte order): ``start`` inclusive, ``end``
         exclusive, ``start_after`` exclusive (not with ``start``)."""
-        if self._txn_owner is not None:
-            await self._turn()
-        return dict(self._list(start, start_after, end, prefix, reverse, limit, "list"))
+        return self._list_call(start, start_after, end, prefix, reverse, limit, "list")
 
-    async def delete_all(self) -> None:
+    def _list_call(
+        self,
+        start: str | None,
+        start_after: str | None,
+        end: str | None,
+        prefix: str | None,
+        reverse: bool,
+        limit: int | None,
+        method: str,
+    ) -> Awaitable[dict[str, Any]]:
+        query = _list_query(start, start_after, end, prefix, reverse, limit, method)
+        return self._in_turn(method, False, self._list_dict, query, method)
+
+    def delete_all(self) -> Awaitable[None]:
         """Delete every key and every SQL table, atomically. The alarm stays."""
-        if self._txn_owner is not None:
-            await self._turn()
-        self._delete_all("delete_all")
+        return self._in_turn("delete_all", True, self._delete_all, "delete_all")
 
     def _delete_all(self, method: str) -> None:
         conn = self._write(method)
@@ -454,14 +611,12 @@ class Storage:
             quoted = '"' + name.replace('"', '""') + '"'
             conn.execute(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {quoted}")
 
-    async def sync(self) -> None:
-        """Wait until every write made so far is durable."""
-        if self._txn_owner is not None:
-            await self._turn()
-        self._conn("sync")
-        host = self._host
-        if host.output_gate.is_clear and self._batches.batch_lock is None:
-            return
+    def sync(self) -> asyncio.Future[None]:
+        """Every write made so far, durable: a future that is done once they are, or fails
+        with a StorageError if one of them could not be stored. ``await storage.sync()``
+        waits for it; ``storage.sync().add_done_callback(fn)`` learns it without waiting."""
+        if self._db is None:
+            raise _gone("sync")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done(error: BaseException | None) -> None:
@@ -470,32 +625,34 @@ class Storage:
             if error is None:
                 future.set_result(None)
             else:
-                future.set_exception(StorageError(f"a write failed: {error!r}"))
+                future.set_exception(StorageError(f"a write failed: {error}"))
 
-        host.output_gate.when_clear(done)
-        await future
+        if self._txn_owner is None or current_event() is self._txn_owner:
+            self._host.output_gate.when_clear(done)
+        else:  # behind another event's transaction: the writes queued before it count too
+            turn = self._in_turn("sync", False, lambda: self._host.output_gate.when_clear(done))
+            assert isinstance(turn, asyncio.Future)
+            turn.add_done_callback(lambda t: _pass_failure(t, future))
+        return future
 
     # -- the alarm ---------------------------------------------------------------------------
 
-    async def get_alarm(self) -> int | None:
+    def get_alarm(self) -> Awaitable[int | None]:
         """When the alarm is due, in epoch milliseconds; None if none is set (and, inside
         ``alarm()``, unless the handler set a new one)."""
-        if self._txn_owner is not None:
-            await self._turn()
-        return self._get_alarm("get_alarm")
+        return self._in_turn("get_alarm", False, self._get_alarm, "get_alarm")
 
-    async def set_alarm(self, scheduled_time: datetime | int | float) -> None:
+    def set_alarm(self, scheduled_time: datetime | int | float) -> Awaitable[None]:
         """Set the object's one alarm: a datetime, or epoch milliseconds. A time in the past
         fires at once. Replaces any alarm already set."""
-        if self._txn_owner is not None:
-            await self._turn()
-        self._set_alarm(scheduled_time, "set_alarm")
+        return self._set_alarm_call(scheduled_time, "set_alarm")
 
-    async def delete_alarm(self) -> None:
+    def _set_alarm_call(self, when: datetime | int | float, method: str) -> Awaitable[None]:
+        return self._in_turn(method, True, self._write_alarm, _alarm_ms(when, method), method)
+
+    def delete_alarm(self) -> Awaitable[None]:
         """Remove the alarm (a handler already running is not stopped)."""
-        if self._txn_owner is not None:
-            await self._turn()
-        self._delete_alarm("delete_alarm")
+        return self._in_turn("delete_alarm", True, self._delete_alarm, "delete_alarm")
 
     def _get_alarm(self, method: str) -> int | None:
         conn = self._conn(method)
@@ -509,17 +666,9 @@ class Storage:
         return None if row is None else int(row[0])
 
     def _set_alarm(self, when: datetime | int | float, method: str) -> None:
-        if isinstance(when, datetime):
-            time_ms = round(when.timestamp() * 1000)
-        elif isinstance(when, int | float) and not isinstance(when, bool):
-            if when != when or not -(2**63) <= when < 2**63:
-                raise StorageError(f"storage.{method}(): {when!r} is not a time")
-            time_ms = round(when)
-        else:
-            raise TypeError(
-                f"storage.{method}() takes a datetime or epoch milliseconds, "
-                f"got {type(when).__name__}"
-            )
+        self._write_alarm(_alarm_ms(when, method), method)
+
+    def _write_alarm(self, time_ms: int, method: str) -> None:
         conn = self._write(method)
         conn.execute(
             f"INSERT INTO {ALARM_TABLE} (id, time_ms) VALUES (1, ?) "
@@ -586,18 +735,27 @@ class Storage:
         """Run ``await fn(txn)`` as one transaction; no other event runs until it ends.
 
         It commits when ``fn`` returns and rolls back if it raises or calls
-        ``txn.rollback()``.
+        ``txn.rollback()``. While another event's transaction is open, it waits its turn
+        behind the calls made before it.
         """
-        await self._turn()
-        conn = self._write("transaction")
+        event = current_event()
+        outer_owner = self._txn_owner  # None, or this event (a transaction inside one)
+        if outer_owner is not None and outer_owner is not event:
+            await self._wait_for_turn(event)
+            outer_owner = None
+        try:
+            conn = self._write("transaction")
+        except BaseException:
+            self._txn_owner = outer_owner
+            if outer_owner is None:
+                self._drain()
+            raise
         batches = self._batches
         name = f"_opendo_t{batches.depth}"
         gate_lock = self._host.input_gate.lock()
         conn.execute(f"SAVEPOINT {name}")
         batches.depth += 1
-        outer_owner = self._txn_owner
-        self._txn_owner = current_event()
-        self._txn_done.clear()
+        self._txn_owner = event
         txn = Transaction(self)
         try:
             result = await fn(txn)
@@ -618,31 +776,45 @@ class Storage:
             txn._done = True
             batches.depth -= 1
             self._txn_owner = outer_owner
-            if outer_owner is None:
-                self._txn_done.set()
             gate_lock.release()
+            if outer_owner is None:
+                self._drain()
             if batches.depth == 0 and self._db is not None:
                 batches.begin()
+
+    async def _wait_for_turn(self, event: object) -> None:
+        """Queue behind the open transaction; return once the storage is handed to us."""
+        if self._db is None:
+            raise _gone("transaction")
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Queued(None, turn, turn=event))
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                # Handed the storage, but cancelled before it could begin: pass it on.
+                self._txn_owner = None
+                self._drain()
+            raise
 
     # -- the synchronous core ----------------------------------------------------------------
 
     def _get(self, key: str | Iterable[str], method: str) -> Any:
+        return self._read(_get_keys(key, method), method)
+
+    def _read(self, keys: _Keys, method: str) -> Any:
         conn = self._conn(method)
-        if isinstance(key, str):
-            raw = _check_key(key, method)
+        if isinstance(keys, bytes):
             cache = self._cache
-            if raw in cache:
-                data = cache[raw]
+            if keys in cache:
+                data = cache[keys]
             else:
-                row = conn.execute(f"SELECT value FROM {KV_TABLE} WHERE key = ?", (raw,)).fetchone()
+                row = conn.execute(
+                    f"SELECT value FROM {KV_TABLE} WHERE key = ?", (keys,)
+                ).fetchone()
                 data = None if row is None else row[0]
-                self._remember(raw, data)
+                self._remember(keys, data)
             return None if data is None else decode(data)
-        if not isinstance(key, list | tuple):
-            raise TypeError(
-                f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
-            )
-        keys = _check_keys(key, method)
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
@@ -652,23 +824,9 @@ class Storage:
         return {k.decode("utf-8", "surrogatepass"): decode(v) for k, v in rows}
 
     def _put(self, key: str | Mapping[str, Any], value: Any, method: str) -> None:
-        if isinstance(key, str):
-            raw = _check_key(key, method)
-            items = [(raw, _encode_value(raw, value, method))]
-        elif isinstance(key, Mapping):
-            if len(key) > MAX_KEYS:
-                raise StorageError(
-                    f"storage.{method}(): {len(key)} entries in one call; the limit is {MAX_KEYS}"
-                )
-            items = []
-            for k, v in key.items():
-                raw = _check_key(k, method)
-                items.append((raw, _encode_value(raw, v, method)))
-        else:
-            raise TypeError(
-                f"storage.{method}() takes a str key and a value, or a dict, got "
-                f"{type(key).__name__}"
-            )
+        self._write_items(_put_items(key, value, method), method)
+
+    def _write_items(self, items: _Items, method: str) -> None:
         conn = self._write(method)
         sql = (
             f"INSERT INTO {KV_TABLE} (key, value) VALUES (?, ?) "
@@ -699,18 +857,14 @@ class Storage:
         cache[raw] = data
 
     def _delete(self, key: str | Iterable[str], method: str) -> bool | int:
-        if isinstance(key, str):
-            raw = _check_key(key, method)
-            conn = self._write(method)
-            existed = conn.execute(f"DELETE FROM {KV_TABLE} WHERE key = ?", (raw,)).rowcount > 0
-            self._remember(raw, None)
-            return existed
-        if not isinstance(key, list | tuple):
-            raise TypeError(
-                f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
-            )
-        keys = _check_keys(key, method)
+        return self._delete_raw(_delete_keys(key, method), method)
+
+    def _delete_raw(self, keys: _Keys, method: str) -> bool | int:
         conn = self._write(method)
+        if isinstance(keys, bytes):
+            existed = conn.execute(f"DELETE FROM {KV_TABLE} WHERE key = ?", (keys,)).rowcount > 0
+            self._remember(keys, None)
+            return existed
         if not keys:
             return 0
         marks = ",".join("?" * len(keys))
@@ -728,43 +882,117 @@ class Storage:
         reverse: bool,
         limit: int | None,
         method: str,
-    ) -> Iterator[tuple[str, Any]]:
-        conn = self._conn(method)
-        if start is not None and start_after is not None:
-            raise StorageError(f"storage.{method}(): start and start_after cannot be combined")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0
-        ):
-            raise StorageError(f"storage.{method}(): limit must be a positive int, got {limit!r}")
-        where: list[str] = []
-        args: list[bytes | int] = []
-        if start is not None:
+    ) -> _Rows:
+        query = _list_query(start, start_after, end, prefix, reverse, limit, method)
+        return self._list_rows(query, method)
+
+    def _list_rows(self, query: _Query, method: str) -> _Rows:
+        sql, args = query
+        rows = self._conn(method).execute(sql, args).fetchall()
+        return [(k.decode("utf-8", "surrogatepass"), decode(v)) for k, v in rows]
+
+    def _list_dict(self, query: _Query, method: str) -> dict[str, Any]:
+        return dict(self._list_rows(query, method))
+
+
+def _pass_failure(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    error = source.exception()
+    if error is not None and not target.done():
+        target.set_exception(error)
+
+
+def _gone(method: str) -> StorageError:
+    return StorageError(
+        f"storage.{method}() was called on the storage of an object that was reset or "
+        "evicted; use the storage of the current instance (self.ctx.storage)"
+    )
+
+
+def _get_keys(key: Any, method: str) -> bytes | list[bytes]:
+    if isinstance(key, str):
+        return _check_key(key, method)
+    if not isinstance(key, list | tuple):
+        raise TypeError(
+            f"storage.{method}() takes a str or a list of str, got {type(key).__name__}"
+        )
+    return _check_keys(key, method)
+
+
+_delete_keys = _get_keys
+
+
+def _put_items(key: Any, value: Any, method: str) -> list[tuple[bytes, bytes]]:
+    if isinstance(key, str):
+        raw = _check_key(key, method)
+        return [(raw, _encode_value(raw, value, method))]
+    if isinstance(key, Mapping):
+        if len(key) > MAX_KEYS:
+            raise StorageError(
+                f"storage.{method}(): {len(key)} entries in one call; the limit is {MAX_KEYS}"
+            )
+        items = []
+        for k, v in key.items():
+            raw = _check_key(k, method)
+            items.append((raw, _encode_value(raw, v, method)))
+        return items
+    raise TypeError(
+        f"storage.{method}() takes a str key and a value, or a dict, got {type(key).__name__}"
+    )
+
+
+def _list_query(
+    start: str | None,
+    start_after: str | None,
+    end: str | None,
+    prefix: str | None,
+    reverse: bool,
+    limit: int | None,
+    method: str,
+) -> tuple[str, list[bytes | int]]:
+    if start is not None and start_after is not None:
+        raise StorageError(f"storage.{method}(): start and start_after cannot be combined")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise StorageError(f"storage.{method}(): limit must be a positive int, got {limit!r}")
+    where: list[str] = []
+    args: list[bytes | int] = []
+    if start is not None:
+        where.append("key >= ?")
+        args.append(_check_key(start, method))
+    if start_after is not None:
+        where.append("key > ?")
+        args.append(_check_key(start_after, method))
+    if end is not None:
+        where.append("key < ?")
+        args.append(_check_key(end, method))
+    if prefix is not None:
+        raw = _check_key(prefix, method)
+        if raw:
             where.append("key >= ?")
-            args.append(_check_key(start, method))
-        if start_after is not None:
-            where.append("key > ?")
-            args.append(_check_key(start_after, method))
-        if end is not None:
-            where.append("key < ?")
-            args.append(_check_key(end, method))
-        if prefix is not None:
-            raw = _check_key(prefix, method)
-            if raw:
-                where.append("key >= ?")
-                args.append(raw)
-                upper = _successor(raw)
-                if upper is not None:
-                    where.append("key < ?")
-                    args.append(upper)
-        sql = f"SELECT key, value FROM {KV_TABLE}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        for k, v in conn.execute(sql, args).fetchall():
-            yield k.decode("utf-8", "surrogatepass"), decode(v)
+            args.append(raw)
+            upper = _successor(raw)
+            if upper is not None:
+                where.append("key < ?")
+                args.append(upper)
+    sql = f"SELECT key, value FROM {KV_TABLE}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
+
+
+def _alarm_ms(when: datetime | int | float, method: str) -> int:
+    if isinstance(when, datetime):
+        return round(when.timestamp() * 1000)
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        if when != when or not -(2**63) <= when < 2**63:
+            raise StorageError(f"storage.{method}(): {when!r} is not a time")
+        return round(when)
+    raise TypeError(
+        f"storage.{method}() takes a datetime or epoch milliseconds, got {type(when).__name__}"
+    )
 
 
 def _successor(prefix: bytes) -> bytes | None:
@@ -776,7 +1004,8 @@ def _successor(prefix: bytes) -> bytes | None:
 
 
 class Transaction:
-    """The ``txn`` of ``storage.transaction(fn)``: the KV API, plus ``rollback()``."""
+    """The ``txn`` of ``storage.transaction(fn)``: the KV API, plus ``rollback()``. Each
+    call runs when it is made, awaited or not, and returns an awaitable of its result."""
 
     __slots__ = ("_storage", "_rolled_back", "_done")
 
@@ -797,40 +1026,43 @@ class Transaction:
         self._check("rollback")
         self._rolled_back = True
 
-    async def get(self, key: Any) -> Any:
-        return self._check("get")._get(key, "get")
+    def get(self, key: Any) -> Awaitable[Any]:
+        return _settled(self._check("get")._get(key, "get"))
 
-    async def put(self, key: Any, value: Any = None) -> None:
+    def put(self, key: Any, value: Any = None) -> Awaitable[None]:
         self._check("put")._put(key, value, "put")
+        return _DONE
 
-    async def delete(self, key: Any) -> bool | int:
-        return self._check("delete")._delete(key, "delete")
+    def delete(self, key: Any) -> Awaitable[bool | int]:
+        return _Settled(self._check("delete")._delete(key, "delete"))
 
-    async def delete_all(self) -> None:
+    def delete_all(self) -> Awaitable[None]:
         self._check("delete_all")._delete_all("delete_all")
+        return _DONE
 
-    async def get_alarm(self) -> int | None:
-        return self._check("get_alarm")._get_alarm("get_alarm")
+    def get_alarm(self) -> Awaitable[int | None]:
+        return _settled(self._check("get_alarm")._get_alarm("get_alarm"))
 
-    async def set_alarm(self, scheduled_time: datetime | int | float) -> None:
+    def set_alarm(self, scheduled_time: datetime | int | float) -> Awaitable[None]:
         self._check("set_alarm")._set_alarm(scheduled_time, "set_alarm")
+        return _DONE
 
-    async def delete_alarm(self) -> None:
+    def delete_alarm(self) -> Awaitable[None]:
         self._check("delete_alarm")._delete_alarm("delete_alarm")
+        return _DONE
 
-    async def list(self, **options: Any) -> dict[str, Any]:
+    def list(self, **options: Any) -> Awaitable[dict[str, Any]]:
         storage = self._check("list")
-        return dict(
-            storage._list(
-                options.get("start"),
-                options.get("start_after"),
-                options.get("end"),
-                options.get("prefix"),
-                options.get("reverse", False),
-                options.get("limit"),
-                "list",
-            )
+        rows = storage._list(
+            options.get("start"),
+            options.get("start_after"),
+            options.get("end"),
+            options.get("prefix"),
+            options.get("reverse", False),
+            options.get("limit"),
+            "list",
         )
+        return _Settled(dict(rows))
 
 
 class SyncKV:
@@ -860,9 +1092,7 @@ class SyncKV:
         reverse: bool = False,
         limit: int | None = None,
     ) -> Iterator[tuple[str, Any]]:
-        return iter(
-            list(self._storage._list(start, start_after, end, prefix, reverse, limit, "kv.list"))
-        )
+        return iter(self._storage._list(start, start_after, end, prefix, reverse, limit, "kv.list"))
 
 
 SqlValue = int | float | str | bytes | None

@@ -149,7 +149,7 @@ from . import _websocket as _ws
 from ._alarms import AlarmInfo as _AlarmInfo
 from ._config import ConfigError
 from ._http import Headers
-from ._runtime import DurableObjectState, current_event, current_host
+from ._runtime import DurableObjectState, current_host
 
 __all__ = [
     "AlarmInfo",
@@ -249,24 +249,6 @@ def _install_unsupported_modules() -> None:
 
 
 # -- small helpers -----------------------------------------------------------------------------
-
-
-class _Settled(Generic[_T]):
-    """An awaitable whose value is already known. A storage call runs when it is made, as on
-    Cloudflare (where ``storage.put(…)`` without ``await`` still writes); awaiting it gives
-    its result without suspending."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: _T) -> None:
-        self._value = value
-
-    def __await__(self) -> Generator[Any, None, _T]:
-        yield from ()
-        return self._value
-
-
-_DONE: _Settled[None] = _Settled(None)
 
 
 class _Then(Generic[_T, _R]):
@@ -956,13 +938,11 @@ def _put_args(
 
 class Storage:
     """``ctx.storage`` with Cloudflare's names. Each call runs when it is made — awaited or
-    not, as on Cloudflare — and returns an awaitable of its result; writes made without an
-    intervening await still commit as one batch, and nothing the object sends leaves before
-    they are durable. Other names (snake_case too) are opendo's ``Storage``'s.
-
-    These calls use the synchronous core that opendo's own async API, ``Transaction`` and
-    ``storage.kv`` share; while another event's ``transaction()`` is open, a call waits its
-    turn as the async API does (it still runs, awaited or not).
+    not, as on Cloudflare — and returns an awaitable of its result (not a coroutine); writes
+    made without an intervening await still commit as one batch, and nothing the object
+    sends leaves before they are durable. Other names (snake_case too) are opendo's
+    ``Storage``'s, whose calls behave the same: while another event's ``transaction()`` is
+    open, a call is queued and runs, in call order, when it ends.
     """
 
     __slots__ = ("_storage", "sql", "kv")
@@ -972,88 +952,55 @@ class Storage:
         self.sql = SqlStorage(storage.sql)
         self.kv = SyncKV(storage.kv)
 
-    def _run(
-        self, now: Callable[[], _T], later: Callable[[], Coroutine[Any, Any, _T]]
-    ) -> Awaitable[_T]:
-        owner = self._storage._txn_owner
-        if owner is None or owner is current_event():
-            return _Settled(now())
-        return asyncio.ensure_future(later())
-
     def get(self, key: Any, options: Any = None, /, **keywords: Any) -> Awaitable[Any]:
         """A value (None if absent), or a dict of the keys found, in key order."""
         _options("storage.get", options, keywords, _FLAGS)
-        keys = _keys(key)
-        return self._run(lambda: self._storage._get(keys, "get"), lambda: self._storage.get(keys))
+        return self._storage.get(_keys(key))
 
     def put(
         self, key: Any, value: Any = _MISSING, options: Any = None, /, **keywords: Any
     ) -> Awaitable[None]:
         """``put(key, value, options?)`` or ``put({key: value, …}, options?)``."""
         k, v = _put_args("storage.put", key, value, options, keywords)
-        return self._run(lambda: self._storage._put(k, v, "put"), lambda: self._storage.put(k, v))
+        return self._storage._put_call(k, v, "put")
 
     def delete(self, key: Any, options: Any = None, /, **keywords: Any) -> Awaitable[bool | int]:
         """True if ``key`` existed; for a list of keys, how many existed."""
         _options("storage.delete", options, keywords, _WRITE_FLAGS)
-        keys = _keys(key)
-        return self._run(
-            lambda: self._storage._delete(keys, "delete"), lambda: self._storage.delete(keys)
-        )
+        return self._storage._delete_call(_keys(key), "delete")
 
     def deleteAll(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         """Delete every key and every SQL table, atomically (the alarm stays)."""
         _options("storage.deleteAll", options, keywords, _WRITE_FLAGS)
-        return self._run(
-            lambda: self._storage._delete_all("deleteAll"), lambda: self._storage.delete_all()
-        )
+        storage = self._storage
+        return storage._in_turn("deleteAll", True, storage._delete_all, "deleteAll")
 
     def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[dict[str, Any]]:
         """Keys and values in key order: ``start``, ``startAfter``, ``end``, ``prefix``,
         ``reverse``, ``limit`` — as a dict (``list({"prefix": "a"})``) or as keywords."""
-        start, start_after, end, prefix, reverse, limit = _list_args(
-            "storage.list", options, keywords
-        )
-        return self._run(
-            lambda: dict(
-                self._storage._list(start, start_after, end, prefix, reverse, limit, "list")
-            ),
-            lambda: self._storage.list(
-                start=start,
-                start_after=start_after,
-                end=end,
-                prefix=prefix,
-                reverse=reverse,
-                limit=limit,
-            ),
-        )
+        args = _list_args("storage.list", options, keywords)
+        return self._storage._list_call(*args, "list")
 
     def getAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[int | None]:
         """When the alarm is due, in epoch milliseconds, or None."""
         _options("storage.getAlarm", options, keywords, frozenset({"allowConcurrency"}))
-        return self._run(
-            lambda: self._storage._get_alarm("getAlarm"), lambda: self._storage.get_alarm()
-        )
+        storage = self._storage
+        return storage._in_turn("getAlarm", False, storage._get_alarm, "getAlarm")
 
     def setAlarm(
         self, scheduled_time: datetime | int | float, options: Any = None, /, **keywords: Any
     ) -> Awaitable[None]:
         """Set the object's one alarm: epoch milliseconds or a datetime."""
         _options("storage.setAlarm", options, keywords, _ALARM_WRITE_FLAGS)
-        return self._run(
-            lambda: self._storage._set_alarm(scheduled_time, "setAlarm"),
-            lambda: self._storage.set_alarm(scheduled_time),
-        )
+        return self._storage._set_alarm_call(scheduled_time, "setAlarm")
 
     def deleteAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("storage.deleteAlarm", options, keywords, _ALARM_WRITE_FLAGS)
-        return self._run(
-            lambda: self._storage._delete_alarm("deleteAlarm"),
-            lambda: self._storage.delete_alarm(),
-        )
+        storage = self._storage
+        return storage._in_turn("deleteAlarm", True, storage._delete_alarm, "deleteAlarm")
 
-    def sync(self) -> Coroutine[Any, Any, None]:
-        """Wait until every write made so far is durable."""
+    def sync(self) -> asyncio.Future[None]:
+        """Every write made so far, durable: ``await storage.sync()``."""
         return self._storage.sync()
 
     def transaction(self, closure: Callable[[Transaction], Any]) -> Coroutine[Any, Any, Any]:
@@ -1084,7 +1031,8 @@ class Storage:
 
 class Transaction:
     """The ``txn`` of ``storage.transaction(fn)``, camelCase: ``get``, ``put``, ``delete``,
-    ``deleteAll``, ``list``, ``getAlarm``, ``setAlarm``, ``deleteAlarm``, ``rollback()``."""
+    ``deleteAll``, ``list``, ``getAlarm``, ``setAlarm``, ``deleteAlarm``, ``rollback()``.
+    Each call runs when it is made, awaited or not."""
 
     __slots__ = ("_txn",)
 
@@ -1096,43 +1044,42 @@ class Transaction:
 
     def get(self, key: Any, options: Any = None, /, **keywords: Any) -> Awaitable[Any]:
         _options("txn.get", options, keywords, _FLAGS)
-        return _Settled(self._txn._check("get")._get(_keys(key), "get"))
+        return self._txn.get(_keys(key))
 
     def put(
         self, key: Any, value: Any = _MISSING, options: Any = None, /, **keywords: Any
     ) -> Awaitable[None]:
         k, v = _put_args("txn.put", key, value, options, keywords)
-        self._txn._check("put")._put(k, v, "put")
-        return _DONE
+        return self._txn.put(k, v)
 
     def delete(self, key: Any, options: Any = None, /, **keywords: Any) -> Awaitable[bool | int]:
         _options("txn.delete", options, keywords, _WRITE_FLAGS)
-        return _Settled(self._txn._check("delete")._delete(_keys(key), "delete"))
+        return self._txn.delete(_keys(key))
 
     def deleteAll(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("txn.deleteAll", options, keywords, _WRITE_FLAGS)
         self._txn._check("deleteAll")._delete_all("deleteAll")
-        return _DONE
+        return _storage._DONE
 
     def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[dict[str, Any]]:
         args = _list_args("txn.list", options, keywords)
-        return _Settled(dict(self._txn._check("list")._list(*args, "list")))
+        return _storage._Settled(dict(self._txn._check("list")._list(*args, "list")))
 
     def getAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[int | None]:
         _options("txn.getAlarm", options, keywords, frozenset({"allowConcurrency"}))
-        return _Settled(self._txn._check("getAlarm")._get_alarm("getAlarm"))
+        return _storage._settled(self._txn._check("getAlarm")._get_alarm("getAlarm"))
 
     def setAlarm(
         self, scheduled_time: datetime | int | float, options: Any = None, /, **keywords: Any
     ) -> Awaitable[None]:
         _options("txn.setAlarm", options, keywords, _ALARM_WRITE_FLAGS)
         self._txn._check("setAlarm")._set_alarm(scheduled_time, "setAlarm")
-        return _DONE
+        return _storage._DONE
 
     def deleteAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("txn.deleteAlarm", options, keywords, _ALARM_WRITE_FLAGS)
         self._txn._check("deleteAlarm")._delete_alarm("deleteAlarm")
-        return _DONE
+        return _storage._DONE
 
 
 # -- ctx -----------------------------------------------------------------------------------------

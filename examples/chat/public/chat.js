@@ -305,7 +305,7 @@ function showChat(room) {
     const text = typeof frame.message === 'string' && frame.message ? frame.message : null;
     systemLine(text || `error: ${frame.error || 'unknown'}`, 'error');
     // A refused message: give it back to its author instead of losing it.
-    const refused = ['rate_limited', 'too_large', 'empty_text', 'missing_text'];
+    const refused = ['rate_limited', 'too_large', 'empty_text', 'missing_text', 'storage_failed'];
     if (lastText !== null && refused.includes(frame.error) && !input.value) {
       input.value = lastText;
     }

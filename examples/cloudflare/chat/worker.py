@@ -26,14 +26,10 @@ class ChatRoom(DurableObject):
         super().__init__(ctx, env)
         # This runs again when the room wakes from hibernation. The sockets stayed connected,
         # and who is who comes back from their attachments.
-        self.ctx.storage.sql.exec(
-            "CREATE TABLE IF NOT EXISTS messages "
-            "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL)"
-        )
         self.ctx.setWebSocketAutoResponse(WebSocketRequestResponsePair.new("ping", "pong"))
 
     async def fetch(self, request):
-        if request.headers.get("Upgrade") != "websocket":
+        if (request.headers.get("Upgrade") or "").lower() != "websocket":
             return Response("Expected Upgrade: websocket", status=426)
         name = parse_qs(urlparse(request.url).query).get("name", ["anonymous"])[0][:32]
 
@@ -41,6 +37,12 @@ class ChatRoom(DurableObject):
         session = (await self.ctx.storage.get("lastSession")) or 0
         session += 1
         await self.ctx.storage.put("lastSession", session)
+        # With the first write, not in the constructor: a room that only answered 426
+        # stores nothing.
+        self.ctx.storage.sql.exec(
+            "CREATE TABLE IF NOT EXISTS messages "
+            "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL)"
+        )
 
         client, server = WebSocketPair.new().object_values()
         self.ctx.acceptWebSocket(server)
