@@ -292,7 +292,7 @@ async def test_oversized_handshakes_are_refused_and_sigterm_still_stops_the_serv
     with _server(tmp_path) as server:
         port = server.port
         assert port is not None
-        long_path = await exchange(port, upgrade("/room/" + "a" * 20_000))
+        long_path = await exchange(port, upgrade("/room/" + "a" * 9_000))
         assert status_of(long_path) == 414
         big_header = await exchange(port, upgrade("/room/big", "X-Big: " + "b" * 100_000))
         assert status_of(big_header) == 431
@@ -340,7 +340,12 @@ async def test_a_body_over_the_limit_is_413(tmp_path: Path) -> None:
                     yield b"y" * 500
 
             streamed = await client.post(f"http://127.0.0.1:{port}/body", content=chunks())
-            assert streamed.status_code == 413
+            assert streamed.status_code == 413, (streamed.text, streamed.headers)
+        # A chunked body over the limit that arrives with its head, in one write: it is known
+        # to be too large before the Worker is asked.
+        chunked = b"".join(b"1f4\r\n" + b"z" * 500 + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
+        head = b"POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert status_of(await exchange(port, head + chunked)) == 413
 
 
 # -- timeouts and the connection cap -----------------------------------------------------------

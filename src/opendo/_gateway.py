@@ -77,7 +77,7 @@ def _default_connections() -> int:
 class Limits:
     """Limits and timeouts of opendo's servers (``opendo serve --help`` names the options)."""
 
-    max_url_bytes: int = 16 * 1024  # the request target; 414 past it
+    max_url_bytes: int = 8 * 1024  # the request target; 414 past it
     max_header_bytes: int = 64 * 1024  # all header lines together; 431 past it
     max_headers: int = 128  # header lines; 431 past it
     max_body_bytes: int = 100 * 1024 * 1024  # a request body; 413 past it

@@ -448,7 +448,14 @@ class HttpProtocol(asyncio.Protocol):
             response = Response("a WebSocket handshake needs Connection: upgrade\n", status=400)
             self._write_response(exchange, response, close=True)
             return False
-        reader = None if exchange.complete and not exchange.body else exchange.read_body
+        if exchange.too_large:  # known before the Worker is asked
+            response = Response(
+                f"the request body is larger than {self._limits.max_body_bytes} bytes\n",
+                status=413,
+            )
+            self._write_response(exchange, response, close=True)
+            return False
+        reader = None if exchange.complete and exchange.body_size == 0 else exchange.read_body
         request = Request(incoming.url, method=exchange.method, headers=headers, body_reader=reader)
         response = await self._gateway.respond(incoming, request)
         transport = self._transport
