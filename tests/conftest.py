@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 
 from opendo import App, MemoryDriver, SqliteDriver, StorageDriver
-from opendo._httpserver import HttpProtocol
+from opendo.server.http import HttpProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ROOT / "examples" / "chat"

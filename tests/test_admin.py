@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import CHAT, run_opendo
 from websockets.sync.client import connect
 
-from opendo._cli import main
-from opendo._ids import NamespaceKey
+from opendo.cli import main
+from opendo.core.ids import NamespaceKey
 
 
 def chat(port: int, room: str, *texts: str, name: str | None = None) -> None:

@@ -42,8 +42,8 @@ from opendo import (
     StorageDriver,
     StorageError,
 )
-from opendo._alarms import FIRST_RETRY, JITTER, MAX_RETRIES, retry_delay
-from opendo._namespace import DurableObjectStub
+from opendo.core.alarms import FIRST_RETRY, JITTER, MAX_RETRIES, retry_delay
+from opendo.runtime.stubs import DurableObjectStub
 
 SEED = 20260822
 EPOCH = 1_800_000_000.0  # FakeClock's default: time() at monotonic() == 0

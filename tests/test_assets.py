@@ -15,7 +15,7 @@ from conftest import START_DEADLINE, STOP_DEADLINE, OpendoProcess, run_opendo, s
 
 import opendo
 from opendo import Headers
-from opendo._assets import Asset, Assets
+from opendo.server.assets import Asset, Assets
 
 SECRET = b"TOP SECRET: must never be served\n"
 INDEX = b"<!doctype html><title>index</title>\n"

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from msgspec.msgpack import Ext
 
-from opendo._codec import (
+from opendo.core.codec import (
     MAX_DEPTH,
     SUPPORTED_TYPES,
     CodecError,
@@ -853,7 +853,7 @@ def test_equal_sets_give_equal_bytes() -> None:
 
 def test_bytes_do_not_depend_on_hash_seed() -> None:
     code = (
-        "from opendo._codec import encode;"
+        "from opendo.core.codec import encode;"
         "print(encode({'k': {f'x{i}' for i in range(50)}, 'f': frozenset('abcdef')}).hex())"
     )
     outputs = {

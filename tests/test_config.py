@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from opendo import ConfigError, Request, Runtime, load_config
-from opendo._config import AssetsConfig, Binding, Migration
+from opendo.project.config import AssetsConfig, Binding, Migration
 
 WORKER = """\
 from opendo import DurableObject, Response, WorkerEntrypoint
@@ -787,7 +787,7 @@ def test_assets_directory_beside_the_project_files_is_accepted(tmp_path: Path) -
     ids=["inside", "same", "hidden-inside", "same-by-way-of-a-subdir"],
 )
 def test_persist_directory_inside_the_assets_is_refused(tmp_path: Path, persist: str) -> None:
-    from opendo._config import check_persist_dir
+    from opendo.project.config import check_persist_dir
 
     root = write_project(
         tmp_path / "project",
@@ -808,7 +808,7 @@ def test_persist_directory_inside_the_assets_is_refused(tmp_path: Path, persist:
 
 def test_assets_inside_the_persist_directory_is_refused(tmp_path: Path) -> None:
     """Where every directory is a class's storage (and a class could be named "public")."""
-    from opendo._config import check_persist_dir
+    from opendo.project.config import check_persist_dir
 
     root = write_project(
         tmp_path / "project",
@@ -823,7 +823,7 @@ def test_assets_inside_the_persist_directory_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("assets", [True, False], ids=["with-assets", "without-assets"])
 def test_persist_directory_apart_from_the_assets_is_accepted(tmp_path: Path, assets: bool) -> None:
-    from opendo._config import check_persist_dir
+    from opendo.project.config import check_persist_dir
 
     toml = MINIMAL + ('[assets]\ndirectory = "public"\n' if assets else "")
     root = write_project(tmp_path / "project", toml, files={"public/index.html": ""})

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import STOP_DEADLINE, OpendoProcess, run_opendo, wait_for
 
-import opendo._lifecycle
+import opendo.core.lifecycle
 from opendo import (
     CloseEvent,
     DurableObject,
@@ -38,8 +38,8 @@ from opendo import (
     WebSocket,
     WebSocketPair,
 )
-from opendo._lifecycle import MAX_START_BACKOFF, TRANSITIONS, Lifecycle, start_backoff
-from opendo._runtime import BLOCK_CONCURRENCY_TIMEOUT, ObjectHost
+from opendo.core.lifecycle import MAX_START_BACKOFF, TRANSITIONS, Lifecycle, start_backoff
+from opendo.runtime.host import BLOCK_CONCURRENCY_TIMEOUT, ObjectHost
 
 RECV = 5.0  # bound for something that must happen
 IDLE = 10.0
@@ -295,7 +295,7 @@ async def test_the_alarm_of_an_object_that_fails_to_start_follows_the_retry_sche
 
 
 def test_the_lifecycle_diagram_in_the_essay_is_the_transition_table() -> None:
-    essay = opendo._lifecycle.__doc__
+    essay = opendo.core.lifecycle.__doc__
     assert essay is not None
     drawn: dict[tuple[Lifecycle, str], Lifecycle] = {}
     edge = re.compile(r"^ {4}([A-Z|]+) +--([a-z]+)--> +([A-Z]+|\(same\))(?: |$)")

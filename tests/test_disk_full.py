@@ -347,7 +347,7 @@ def test_serve_refuses_a_full_persist_directory(disk: Disk) -> None:
 
 
 def test_the_startup_check_leaves_nothing_behind(tmp_path: Path) -> None:
-    from opendo._sqlite import check_persist_directory
+    from opendo.storage.sqlite import check_persist_directory
 
     state = tmp_path / "a" / "state"
     check_persist_directory(state)

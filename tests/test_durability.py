@@ -565,7 +565,7 @@ async def test_a_reset_during_a_flush_settles_every_held_call(driver: GatedDrive
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
 def test_a_driver_does_not_open_a_database_whose_flush_failed(kind: str, tmp_path: Path) -> None:
     from opendo import MemoryDriver
-    from opendo._ids import NamespaceKey
+    from opendo.core.ids import NamespaceKey
 
     made: SqliteDriver | MemoryDriver = (
         SqliteDriver(tmp_path / "state") if kind == "sqlite" else MemoryDriver()

@@ -1,6 +1,6 @@
 import pytest
 
-from opendo._gates import GateBrokenError, InputGate, OutputGate
+from opendo.core.gates import GateBrokenError, InputGate, OutputGate
 
 
 def test_input_gate_runs_callbacks_when_the_last_lock_is_released() -> None:

@@ -34,7 +34,7 @@ from opendo import (
     WebSocketRequestResponsePair,
     create_app,
 )
-from opendo._runtime import Lifecycle, ObjectHost
+from opendo.runtime.host import Lifecycle, ObjectHost
 
 RECV = 5.0  # bound for a frame that must arrive
 QUIET = 0.3  # how long we listen to conclude that nothing arrives

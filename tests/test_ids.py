@@ -1,6 +1,6 @@
 import pytest
 
-from opendo._ids import NamespaceKey
+from opendo.core.ids import NamespaceKey
 
 
 def test_named_ids_are_deterministic_per_namespace() -> None:

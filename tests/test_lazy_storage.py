@@ -64,7 +64,7 @@ def test_stray_requests_to_new_names_leave_no_files(tmp_path: Path) -> None:
 
 
 def _chat_id(name: str) -> str:
-    from opendo._ids import NamespaceKey
+    from opendo.core.ids import NamespaceKey
 
     return str(NamespaceKey("Chat").from_name(name))
 

@@ -31,7 +31,7 @@ from opendo import (
     WebSocket,
     WebSocketPair,
 )
-from opendo._runtime import BLOCK_CONCURRENCY_TIMEOUT, Lifecycle, ObjectHost
+from opendo.runtime.host import BLOCK_CONCURRENCY_TIMEOUT, Lifecycle, ObjectHost
 
 IDLE = 10.0
 RECV = 5.0  # bound for something that must happen

@@ -1,4 +1,4 @@
-"""The server log's rate limit on repeated identical lines (``opendo._logging.RepeatFilter``).
+"""The server log's rate limit on repeated identical lines (``opendo.core.logs.RepeatFilter``).
 
 Driven through a real ``logging.Logger`` and handler, with the filter's injected clock
 (the one fake: time); ``tests/test_disk_full.py`` checks it on a real server's log.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from opendo._logging import BURST, INTERVAL, RepeatFilter, install
+from opendo.core.logs import BURST, INTERVAL, RepeatFilter, install
 
 
 class Clock:

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from conftest import run_opendo
 
 from opendo import ConfigError, MemoryDriver, MigrationError, SqliteDriver, load_config
-from opendo._cli import main
-from opendo._ids import NamespaceKey
-from opendo._migrations import Migration, MigrationRecord, apply, pending, simulate
-from opendo._sqlite import hold, release
+from opendo.cli import main
+from opendo.core.ids import NamespaceKey
+from opendo.core.migrations import Migration, MigrationRecord, apply, pending, simulate
+from opendo.storage.sqlite import hold, release
 
 # -- a project whose one class keeps notes ------------------------------------------------------
 

@@ -21,9 +21,9 @@ import pytest
 from conftest import CHAT, run_opendo
 
 from opendo import SqliteDriver
-from opendo._ids import NamespaceKey
-from opendo._migrations import MigrationError
-from opendo._sqlite import LOCK_FILE, ObjectInUseError
+from opendo.core.ids import NamespaceKey
+from opendo.core.migrations import MigrationError
+from opendo.storage.sqlite import LOCK_FILE, ObjectInUseError
 
 CHAT_KEY = NamespaceKey("Chat")
 
@@ -33,7 +33,7 @@ def holders_seen_from_another_process(state: Path, *names: str) -> list[int | No
     code = (
         "import json, sys\n"
         "from opendo import SqliteDriver\n"
-        "from opendo._ids import NamespaceKey\n"
+        "from opendo.core.ids import NamespaceKey\n"
         "driver = SqliteDriver(sys.argv[1])\n"
         "key = NamespaceKey('Chat')\n"
         "print(json.dumps([driver.holder('Chat', key.from_name(n)) for n in sys.argv[2:]]))\n"

@@ -18,7 +18,7 @@ from opendo import (
     Response,
     Runtime,
 )
-from opendo._runtime import ObjectHost
+from opendo.runtime.host import ObjectHost
 
 constructed: list[str] = []
 

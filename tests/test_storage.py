@@ -36,9 +36,9 @@ from opendo import (
     StorageDriver,
     StorageError,
 )
-from opendo._codec import decode
-from opendo._namespace import DurableObjectStub
-from opendo._sqlite import RUNTIME_TABLES
+from opendo.core.codec import decode
+from opendo.runtime.stubs import DurableObjectStub
+from opendo.storage.sqlite import RUNTIME_TABLES
 
 MIB = 1024 * 1024
 

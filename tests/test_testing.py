@@ -192,7 +192,9 @@ def test_it_defines_only_a_fixture_and_leaves_other_tests_alone(
     result = run(pytester)
     result.assert_outcomes(passed=2)
     fixtures = run(pytester, "--fixtures")
-    fixtures.stdout.fnmatch_lines(["opendo -- *opendo/testing.py*", "*Build in-process opendo*"])
+    fixtures.stdout.fnmatch_lines(
+        ["opendo -- *opendo/testing/__init__.py*", "*Build in-process opendo*"]
+    )
     hooks = [name for name in vars(opendo.testing) if name.startswith("pytest_")]
     assert hooks == []
 

@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 
 import opendo
 from opendo import DurableObjectResetError, SqlError, workers
-from opendo._runtime import Lifecycle
+from opendo.runtime.host import Lifecycle
 from opendo.testing import Project
 from opendo.workers import (
     DurableObject,

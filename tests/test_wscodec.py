@@ -7,7 +7,7 @@ import os
 import pytest
 from websockets.utils import apply_mask
 
-from opendo._wscodec import (
+from opendo.server.codec import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

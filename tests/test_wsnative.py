@@ -25,10 +25,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.utils import apply_mask
 
 from opendo import App, create_app
-from opendo._gateway import Limits
-from opendo._httpserver import HttpProtocol
-from opendo._wscodec import text_frame
-from opendo._wsnative import FRAMES_PER_TURN, WebSocketConnection
+from opendo.server.codec import text_frame
+from opendo.server.gateway import Limits
+from opendo.server.http import HttpProtocol
+from opendo.server.websocket import FRAMES_PER_TURN, WebSocketConnection
 
 WORKER = """
 import asyncio

@@ -7,29 +7,9 @@ here::
     from opendo import DurableObject, WorkerEntrypoint, Request, Response, WebSocketPair
 """
 
-from ._alarms import AlarmInfo
-from ._api import DurableObject, Env, ExecutionContext, WorkerEntrypoint
-from ._app import Runtime
-from ._asgi import App
-from ._clock import Clock, FakeClock, LoopClock
-from ._codec import CodecError, DecodeError
-from ._config import Config, ConfigError, load_config
-from ._errors import (
-    DurableObjectError,
-    DurableObjectResetError,
-    DurableObjectStartError,
-    StorageUnavailableError,
-)
-from ._gates import GateBrokenError, InputGate, OutputGate
-from ._http import Headers, Request, Response
-from ._ids import DurableObjectId
-from ._migrations import MigrationError
-from ._namespace import DurableObjectNamespace, DurableObjectStub
-from ._runtime import DurableObjectState
-from ._server import create_app
-from ._sqlite import MemoryDriver, SqliteDriver, StorageDriver
-from ._storage import SqlCursor, SqlError, SqlStorage, Storage, StorageError, Transaction
-from ._websocket import (
+from .api.http import Headers, Request, Response
+from .api.objects import DurableObject, Env, ExecutionContext, WorkerEntrypoint
+from .api.websocket import (
     CloseEvent,
     ErrorEvent,
     MessageEvent,
@@ -38,6 +18,26 @@ from ._websocket import (
     WebSocketPair,
     WebSocketRequestResponsePair,
 )
+from .core.alarms import AlarmInfo
+from .core.clock import Clock, FakeClock, LoopClock
+from .core.codec import CodecError, DecodeError
+from .core.errors import (
+    DurableObjectError,
+    DurableObjectResetError,
+    DurableObjectStartError,
+    StorageUnavailableError,
+)
+from .core.gates import GateBrokenError, InputGate, OutputGate
+from .core.ids import DurableObjectId
+from .core.migrations import MigrationError
+from .project.config import Config, ConfigError, load_config
+from .runtime.host import DurableObjectState
+from .runtime.runtime import Runtime
+from .runtime.stubs import DurableObjectNamespace, DurableObjectStub
+from .server.asgi import App
+from .server.serve import create_app
+from .storage.api import SqlCursor, SqlError, SqlStorage, Storage, StorageError, Transaction
+from .storage.sqlite import MemoryDriver, SqliteDriver, StorageDriver
 
 __all__ = [
     "AlarmInfo",

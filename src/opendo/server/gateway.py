@@ -40,12 +40,12 @@ import resource
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._assets import Asset, Assets
-from ._errors import DurableObjectError
-from ._http import Headers, Request, Response
+from ..api.http import Headers, Request, Response
+from ..core.errors import DurableObjectError
+from .assets import Asset, Assets
 
 if TYPE_CHECKING:
-    from ._app import Runtime
+    from ..runtime.runtime import Runtime
 
 __all__ = [
     "LINGER",

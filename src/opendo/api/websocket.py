@@ -23,11 +23,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._codec import decode, encode
-from ._gates import OutputGate
+from ..core.codec import decode, encode
+from ..core.gates import OutputGate
 
 if TYPE_CHECKING:
-    from ._runtime import ObjectHost
+    from ..runtime.host import ObjectHost
 
 __all__ = [
     "MAX_ATTACHMENT_BYTES",
@@ -156,7 +156,7 @@ class WebSocket:
             raise RuntimeError("this WebSocket was already accepted")
         if self._transport is not None:
             raise RuntimeError("this end is connected to the network and cannot be accepted")
-        from ._runtime import current_host
+        from ..runtime.host import current_host
 
         self._accepted = True
         self._state = ReadyState.OPEN

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from ._websocket import WebSocket
+    from .websocket import WebSocket
 
 __all__ = ["Headers", "Request", "Response"]
 

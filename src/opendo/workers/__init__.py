@@ -144,12 +144,16 @@ from collections.abc import (
 from datetime import datetime
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
-from . import _api, _http, _ids, _namespace, _storage
-from . import _websocket as _ws
-from ._alarms import AlarmInfo as _AlarmInfo
-from ._config import ConfigError
-from ._http import Headers
-from ._runtime import DurableObjectState, current_host
+from ..api import http as _http
+from ..api import objects as _api
+from ..api import websocket as _ws
+from ..api.http import Headers
+from ..core import ids as _ids
+from ..core.alarms import AlarmInfo as _AlarmInfo
+from ..project.config import ConfigError
+from ..runtime import stubs as _namespace
+from ..runtime.host import DurableObjectState, current_host
+from ..storage import api as _storage
 
 __all__ = [
     "AlarmInfo",

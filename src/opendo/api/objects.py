@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._http import Request, Response
-from ._runtime import DurableObjectState
+from ..runtime.host import DurableObjectState
+from .http import Request, Response
 
 __all__ = ["DurableObject", "Env", "ExecutionContext", "WorkerEntrypoint"]
 

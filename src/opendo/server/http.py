@@ -35,8 +35,9 @@ from typing import Any
 
 import httptools
 
-from ._asgi import App
-from ._gateway import (
+from ..api.http import Headers, Request, Response
+from .asgi import App
+from .gateway import (
     LINGER,
     ClientGone,
     Gateway,
@@ -47,8 +48,7 @@ from ._gateway import (
     accept_key,
     discard_websocket,
 )
-from ._http import Headers, Request, Response
-from ._wsnative import WebSocketConnection
+from .websocket import WebSocketConnection
 
 __all__ = ["HttpProtocol"]
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._migrations import Migration, simulate
+from ..core.migrations import Migration, simulate
 
 __all__ = [
     "AssetsConfig",

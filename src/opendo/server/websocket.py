@@ -26,9 +26,8 @@ import asyncio
 import logging
 from typing import Any
 
-from ._gateway import LINGER, Limits
-from ._websocket import WebSocket
-from ._wscodec import (
+from ..api.websocket import WebSocket
+from .codec import (
     OP_BINARY,
     OP_CLOSE,
     OP_FAIL,
@@ -40,6 +39,7 @@ from ._wscodec import (
     pong_frame,
     text_frame,
 )
+from .gateway import LINGER, Limits
 
 __all__ = ["FRAMES_PER_TURN", "WebSocketConnection"]
 

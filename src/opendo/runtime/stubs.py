@@ -7,16 +7,16 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._codec import CodecError, clone
-from ._errors import DurableObjectResetError
-from ._http import Headers, Request, Response
-from ._ids import DurableObjectId, NamespaceKey
-from ._runtime import current_host
+from ..api.http import Headers, Request, Response
+from ..core.codec import CodecError, clone
+from ..core.errors import DurableObjectResetError
+from ..core.ids import DurableObjectId, NamespaceKey
+from .host import current_host
 
 if TYPE_CHECKING:
-    from ._api import DurableObject
-    from ._app import Runtime
-    from ._runtime import ObjectHost
+    from ..api.objects import DurableObject
+    from .host import ObjectHost
+    from .runtime import Runtime
 
 __all__ = ["DurableObjectNamespace", "DurableObjectStub", "RESERVED_METHODS"]
 

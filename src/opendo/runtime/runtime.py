@@ -16,19 +16,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._alarms import MAX_RETRIES, AlarmInfo, AlarmScheduler, retry_delay
-from ._api import DurableObject, Env, ExecutionContext, WorkerEntrypoint
-from ._clock import Clock, LoopClock
-from ._config import Config, ConfigError
-from ._errors import StorageError
-from ._http import Request, Response
-from ._ids import DurableObjectId
-from ._migrations import apply as apply_migrations
-from ._namespace import DurableObjectNamespace
-from ._runtime import ObjectHost
-from ._sqlite import MemoryDriver, StorageDriver
-from ._storage import Storage
-from ._websocket import ReadyState
+from ..api.http import Request, Response
+from ..api.objects import DurableObject, Env, ExecutionContext, WorkerEntrypoint
+from ..api.websocket import ReadyState
+from ..core.alarms import MAX_RETRIES, AlarmInfo, AlarmScheduler, retry_delay
+from ..core.clock import Clock, LoopClock
+from ..core.errors import StorageError
+from ..core.ids import DurableObjectId
+from ..core.migrations import apply as apply_migrations
+from ..project.config import Config, ConfigError
+from ..storage.api import Storage
+from ..storage.sqlite import MemoryDriver, StorageDriver
+from .host import ObjectHost
+from .stubs import DurableObjectNamespace
 
 __all__ = ["Runtime"]
 
@@ -354,7 +354,7 @@ def import_main(path: Path) -> ModuleType:
     while the module loads is reported as a ``NotSupportedInProjectError`` (a
     ``ConfigError``) that starts with the file and line of the project's code that used it.
     """
-    from . import workers
+    from .. import workers
 
     root = str(path.parent)
     if root not in sys.path:
@@ -383,7 +383,7 @@ def import_main(path: Path) -> ModuleType:
 
 def _user_line(exc: BaseException, main: Path) -> str:
     """``file:line: source`` of the innermost frame of ``exc`` outside opendo and importlib."""
-    package = Path(__file__).parent
+    package = Path(__file__).parent.parent  # opendo itself
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename.startswith("<") or Path(frame.filename).is_relative_to(package):
             continue
@@ -426,7 +426,7 @@ def _find_worker(module: ModuleType, config: Config) -> type[WorkerEntrypoint]:
 
 def _module_handler(config: Config) -> ConfigError:
     """Cloudflare's older style, ``async def on_fetch(request, env)`` in the module."""
-    from .workers import NotSupportedInProjectError
+    from ..workers import NotSupportedInProjectError
 
     return NotSupportedInProjectError(
         f"{config.path}: main: {config.main.name}: a module-level handler (on_fetch) is not "

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from ._clock import Clock, TimerHandle
+from .clock import Clock, TimerHandle
 
 __all__ = ["AlarmInfo", "AlarmScheduler", "MAX_RETRIES", "retry_delay"]
 

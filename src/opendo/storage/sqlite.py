@@ -40,9 +40,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from ._errors import StorageError, StorageUnavailableError
-from ._ids import DurableObjectId
-from ._migrations import MigrationError, MigrationRecord
+from ..core.errors import StorageError, StorageUnavailableError
+from ..core.ids import DurableObjectId
+from ..core.migrations import MigrationError, MigrationRecord
 
 __all__ = [
     "ALARM_TABLE",

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._codec import decode
-from ._ids import NamespaceKey
-from ._migrations import MigrationError
-from ._sqlite import (
+from .core.codec import decode
+from .core.ids import NamespaceKey
+from .core.migrations import MigrationError
+from .storage.sqlite import (
     ALARM_TABLE,
     KV_TABLE,
     META_TABLE,

@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable, Generator, Iterator, MutableMap
 from typing import Any
 from urllib.parse import quote
 
-from ._app import Runtime
-from ._assets import Assets
-from ._gateway import (
+from ..api.http import Headers, Request, Response
+from ..runtime.runtime import Runtime
+from .assets import Assets
+from .gateway import (
     ClientGone,
     Gateway,
     Limits,
@@ -37,7 +38,6 @@ from ._gateway import (
     discard_websocket,
     etag_matches,
 )
-from ._http import Headers, Request, Response
 
 __all__ = ["App"]
 

@@ -149,18 +149,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from ._api import DurableObject, Env, WorkerEntrypoint
-from ._app import Runtime
-from ._asgi import _etag_matches
-from ._assets import Asset, Assets
-from ._clock import FakeClock
-from ._config import load_config
-from ._http import Headers, Request, Response
-from ._ids import DurableObjectId
-from ._namespace import DurableObjectNamespace, DurableObjectStub
-from ._runtime import DurableObjectState, Lifecycle, ObjectHost
-from ._sqlite import ALARM_TABLE, KV_TABLE, META_TABLE, RESERVED_PREFIX, SqliteDriver
-from ._websocket import CloseEvent, MessageEvent, ReadyState, WebSocket
+from ..api.http import Headers, Request, Response
+from ..api.objects import DurableObject, Env, WorkerEntrypoint
+from ..api.websocket import CloseEvent, MessageEvent, ReadyState, WebSocket
+from ..core.clock import FakeClock
+from ..core.ids import DurableObjectId
+from ..project.config import load_config
+from ..runtime.host import DurableObjectState, Lifecycle, ObjectHost
+from ..runtime.runtime import Runtime
+from ..runtime.stubs import DurableObjectNamespace, DurableObjectStub
+from ..server.asgi import _etag_matches
+from ..server.assets import Asset, Assets
+from ..storage.sqlite import ALARM_TABLE, KV_TABLE, META_TABLE, RESERVED_PREFIX, SqliteDriver
 
 __all__ = [
     "Project",

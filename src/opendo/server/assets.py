@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from ._http import Headers
+from ..api.http import Headers
 
 __all__ = ["Asset", "Assets"]
 

@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 import click
 
-from ._app import Runtime
-from ._config import ConfigError, check_persist_dir, load_config
-from ._errors import StorageError
-from ._gateway import LIMIT_HELP, Limits
-from ._migrations import MigrationError, pending
-from ._sqlite import check_persist_directory, read_migrations
+from .core.errors import StorageError
+from .core.migrations import MigrationError, pending
+from .project.config import ConfigError, check_persist_dir, load_config
+from .runtime.runtime import Runtime
+from .server.gateway import LIMIT_HELP, Limits
+from .storage.sqlite import check_persist_directory, read_migrations
 
 __all__ = ["main"]
 
@@ -36,7 +36,7 @@ def _run(
     log_level: str,
     limits: dict[str, Any],
 ) -> None:
-    from ._server import serve
+    from .server.serve import serve
 
     try:
         chosen = Limits(**{k: v for k, v in limits.items() if v is not None})
@@ -207,8 +207,8 @@ def _where(
 
 
 def _admin(action: Callable[[], None]) -> None:
-    from ._admin import AdminError
-    from ._sqlite import ObjectInUseError
+    from .admin import AdminError
+    from .storage.sqlite import ObjectInUseError
 
     try:
         action()
@@ -226,7 +226,7 @@ def objects_list(
     """Every stored object: class, id, the name it was made from, size, alarm."""
     import json
 
-    from ._admin import objects as stored
+    from .admin import objects as stored
 
     persist, class_name = _where(project, persist_to, namespace)
     rows = list(stored(persist, class_name))
@@ -257,7 +257,7 @@ def objects_list(
 @_admin_options
 def objects_show(ref: str, project: Path, persist_to: Path | None, namespace: str | None) -> None:
     """Keys and values, SQL tables with row counts, of object REF (an id or a name)."""
-    from ._admin import find, show
+    from .admin import find, show
 
     def run() -> None:
         persist, class_name = _where(project, persist_to, namespace)
@@ -290,7 +290,7 @@ def objects_export(
     ref: str, project: Path, persist_to: Path | None, namespace: str | None, output: Path | None
 ) -> None:
     """Write object REF's storage to one SQLite file (safe while the server runs)."""
-    from ._admin import export, find
+    from .admin import export, find
 
     def run() -> None:
         persist, class_name = _where(project, persist_to, namespace)
@@ -318,7 +318,7 @@ def objects_import(
     replace: bool,
 ) -> None:
     """Put an exported FILE in place as an object of --namespace (refused while held)."""
-    from ._admin import AdminError, import_, namespace_key
+    from .admin import AdminError, import_, namespace_key
 
     def run() -> None:
         persist, class_name = _where(project, persist_to, namespace)
@@ -345,7 +345,7 @@ def objects_delete(
     ref: str, project: Path, persist_to: Path | None, namespace: str | None, yes: bool
 ) -> None:
     """Delete object REF's storage (refused while a running server holds it)."""
-    from ._admin import delete, find
+    from .admin import delete, find
 
     def run() -> None:
         persist, class_name = _where(project, persist_to, namespace)

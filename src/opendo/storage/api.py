@@ -56,11 +56,11 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from ._codec import decode, encode
-from ._errors import StorageError
-from ._gates import OutputLock
-from ._runtime import current_event
-from ._sqlite import (
+from ..core.codec import decode, encode
+from ..core.errors import StorageError
+from ..core.gates import OutputLock
+from ..runtime.host import current_event
+from .sqlite import (
     ALARM_TABLE,
     KV_TABLE,
     MAX_VALUE_BYTES,
@@ -69,7 +69,7 @@ from ._sqlite import (
 )
 
 if TYPE_CHECKING:
-    from ._runtime import ObjectHost
+    from ..runtime.host import ObjectHost
 
 __all__ = [
     "MAX_BINDINGS",

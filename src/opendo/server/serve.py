@@ -16,15 +16,15 @@ import uvicorn
 from uvicorn.supervisors.watchfilesreload import WatchFilesReload
 from watchfiles import watch
 
-from ._app import Runtime
-from ._asgi import App
-from ._assets import Assets
-from ._clock import Clock
-from ._config import ConfigError, check_persist_dir, load_config
-from ._gateway import Limits
-from ._httpserver import HttpProtocol
-from ._migrations import MigrationError
-from ._sqlite import SqliteDriver, StorageDriver
+from ..core.clock import Clock
+from ..core.migrations import MigrationError
+from ..project.config import ConfigError, check_persist_dir, load_config
+from ..runtime.runtime import Runtime
+from ..storage.sqlite import SqliteDriver, StorageDriver
+from .asgi import App
+from .assets import Assets
+from .gateway import Limits
+from .http import HttpProtocol
 
 __all__ = ["create_app", "serve"]
 
@@ -127,7 +127,7 @@ class _Server(uvicorn.Server):
 
 
 def _setup_logging() -> None:
-    from ._logging import install
+    from ..core.logs import install
 
     logging.basicConfig(
         level=os.environ.get(_ENV_LOG_LEVEL, "info").upper(),
@@ -159,7 +159,7 @@ def serve(
     os.environ[_ENV_PERSIST] = str(persist_to)
     persist_to.mkdir(parents=True, exist_ok=True)
     uv_config = uvicorn.Config(
-        "opendo._server:_app_from_environ",
+        "opendo.server.serve:_app_from_environ",
         factory=True,
         host=host,
         port=port,

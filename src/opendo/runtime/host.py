@@ -57,12 +57,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from ._clock import Clock, TimerHandle
-from ._errors import DurableObjectResetError, DurableObjectStartError, StorageError, as_remote
-from ._gates import InputGate, InputLock, OutputGate
-from ._ids import DurableObjectId
-from ._lifecycle import TRANSITIONS, Lifecycle, start_backoff
-from ._websocket import (
+from ..api.websocket import (
     CloseEvent,
     Event,
     Listener,
@@ -71,10 +66,15 @@ from ._websocket import (
     WebSocket,
     WebSocketRequestResponsePair,
 )
+from ..core.clock import Clock, TimerHandle
+from ..core.errors import DurableObjectResetError, DurableObjectStartError, StorageError, as_remote
+from ..core.gates import InputGate, InputLock, OutputGate
+from ..core.ids import DurableObjectId
+from ..core.lifecycle import TRANSITIONS, Lifecycle, start_backoff
 
 if TYPE_CHECKING:
-    from ._api import DurableObject
-    from ._namespace import DurableObjectNamespace
+    from ..api.objects import DurableObject
+    from .stubs import DurableObjectNamespace
 
 __all__ = ["DurableObjectState", "Lifecycle", "ObjectHost", "current_event", "current_host"]
 
