@@ -23,11 +23,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core import context
 from ..core.codec import decode, encode
 from ..core.gates import OutputGate
 
 if TYPE_CHECKING:
-    from ..runtime.host import ObjectHost
+    from ..core.protocols import SocketOwner
 
 __all__ = [
     "MAX_ATTACHMENT_BYTES",
@@ -137,7 +138,7 @@ class WebSocket:
         self._accepted = False
         self._transport: WebSocketTransport | None = None
         self._pending: deque[Event] | None = None
-        self._host: ObjectHost | None = None
+        self._host: SocketOwner | None = None
         # The hibernation API (ctx.accept_websocket): state that outlives the instance.
         self._hibernatable = False
         self._tags: tuple[str, ...] = ()
@@ -156,14 +157,12 @@ class WebSocket:
             raise RuntimeError("this WebSocket was already accepted")
         if self._transport is not None:
             raise RuntimeError("this end is connected to the network and cannot be accepted")
-        from ..runtime.host import current_host
-
         self._accepted = True
         self._state = ReadyState.OPEN
-        host = current_host()
+        host = context.current_host()
         if host is not None:
             self._host = host
-            host._socket_opened(self)
+            host.socket_opened(self)
         self._drain_pending()
 
     def _drain_pending(self) -> None:
@@ -296,14 +295,14 @@ class WebSocket:
     def _dispatch(self, event: Event) -> None:
         host = self._host
         if self._hibernatable and host is not None:
-            host.deliver_hibernatable(self, event)
+            host.deliver_socket_event(self, event)
             return
         listeners = self._listeners.get(event.type) if self._listeners else None
         if host is not None:
             if listeners:
                 host.deliver_listeners(listeners, event)
             if isinstance(event, CloseEvent):
-                host._socket_closed(self)
+                host.socket_closed(self)
         elif listeners:
             for listener in list(listeners):
                 _call_listener(listener, event)

@@ -66,7 +66,9 @@ from ..api.websocket import (
     WebSocket,
     WebSocketRequestResponsePair,
 )
+from ..core import context
 from ..core.clock import Clock, TimerHandle
+from ..core.context import current_event
 from ..core.errors import DurableObjectResetError, DurableObjectStartError, StorageError, as_remote
 from ..core.gates import InputGate, InputLock, OutputGate
 from ..core.ids import DurableObjectId
@@ -80,33 +82,10 @@ __all__ = ["DurableObjectState", "Lifecycle", "ObjectHost", "current_event", "cu
 
 log = logging.getLogger("opendo")
 
-_current_host: contextvars.ContextVar[ObjectHost | None] = contextvars.ContextVar(
-    "opendo_current_host", default=None
-)
-
-
-# One token per event, the same in its first step (run in _start) and in the task that
-# continues it: storage.transaction() knows which event owns it by this.
-_current_event: contextvars.ContextVar[object | None] = contextvars.ContextVar(
-    "opendo_current_event", default=None
-)
-
-
 def current_host() -> ObjectHost | None:
     """The host whose event is running now, if any."""
-    return _current_host.get()
-
-
-def current_event() -> object | None:
-    """Who is running now, as a transaction's owner: the event (with the tasks it
-    started), or else the task."""
-    event = _current_event.get()
-    if event is not None:
-        return event
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
+    host = context.current_host()
+    return host if isinstance(host, ObjectHost) else None
 
 
 Call = Callable[["DurableObject"], Any]
@@ -206,6 +185,10 @@ class ObjectHost:
         self._retry_at = 0.0  # clock.monotonic() before which a BROKEN host fails fast
         self._start_reason = ""
 
+    @property
+    def class_name(self) -> str:
+        return self.namespace.object_class.__name__
+
     def _move(self, action: str) -> None:
         self.state = TRANSITIONS[(self.state, action)]
 
@@ -232,7 +215,7 @@ class ObjectHost:
         for listener in list(listeners):
             self.deliver(_bind_listener(listener, event), None)
 
-    def deliver_hibernatable(self, ws: WebSocket, event: Event) -> None:
+    def deliver_socket_event(self, ws: WebSocket, event: Event) -> None:
         """An event on a socket accepted with ``ctx.accept_websocket``: to the object's
         ``web_socket_*`` handlers (constructing it if it hibernated), or, for the
         auto-response request, answered here without waking it."""
@@ -291,14 +274,14 @@ class ObjectHost:
                 return False
         cls = self.namespace.object_class
         self.ctx = DurableObjectState(self)
-        token = _current_host.set(self)
+        token = context.set_host(self)
         try:
             self.instance = cls(self.ctx, self.namespace.runtime.env)
         except Exception as exc:
             self._start_failed(f"the constructor raised {exc!r}", exc)
             return False
         finally:
-            _current_host.reset(token)
+            context.reset_host(token)
         self.constructions += 1
         self._move("construct")
         if not self._startup:
@@ -361,20 +344,20 @@ class ObjectHost:
         instance = self.instance
         assert instance is not None
         generation = self.generation
-        context = contextvars.copy_context()
-        context.run(self._enter)
+        scope = contextvars.copy_context()
+        scope.run(context.enter, self)
         self._running += 1
         self._starting = True
         try:
-            result = context.run(fn, instance)
+            result = scope.run(fn, instance)
             if type(result) is _Coroutine:
                 coro = result
                 try:
-                    step = context.run(coro.send, None)
+                    step = scope.run(coro.send, None)
                 except StopIteration as stop:
                     result = stop.value
                 else:
-                    self._continue_in_task(_Continue(coro, step), future, generation, context)
+                    self._continue_in_task(_Continue(coro, step), future, generation, scope)
                     return
         except Exception as exc:
             self._running -= 1
@@ -386,26 +369,21 @@ class ObjectHost:
             if self._queue:
                 self._pump()
         if inspect.isawaitable(result):  # not a coroutine: a future, or another awaitable
-            self._continue_in_task(result, future, generation, context)
+            self._continue_in_task(result, future, generation, scope)
         else:
             self._running -= 1
             self._respond(future, result, generation)
             self._maybe_idle()
-
-    def _enter(self) -> None:
-        """In an event's own context: the event runs on this host."""
-        _current_host.set(self)
-        _current_event.set(object())
 
     def _continue_in_task(
         self,
         awaitable: Awaitable[Any],
         future: asyncio.Future[Any] | None,
         generation: int,
-        context: contextvars.Context,
+        scope: contextvars.Context,
     ) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._settle(awaitable, future, generation), context=context
+            self._settle(awaitable, future, generation), context=scope
         )
         self._events.add(task)
         task.add_done_callback(self._events.discard)
@@ -460,11 +438,11 @@ class ObjectHost:
 
     # -- sockets, background work and idleness ---------------------------------------------
 
-    def _socket_opened(self, ws: WebSocket) -> None:
+    def socket_opened(self, ws: WebSocket) -> None:
         self._cancel_idle()
         self._sockets.add(ws)
 
-    def _socket_closed(self, ws: WebSocket) -> None:
+    def socket_closed(self, ws: WebSocket) -> None:
         self._sockets.discard(ws)
         self._maybe_idle()
 

@@ -57,9 +57,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..core.codec import decode, encode
+from ..core.context import current_event
 from ..core.errors import StorageError
 from ..core.gates import OutputLock
-from ..runtime.host import current_event
 from .sqlite import (
     ALARM_TABLE,
     KV_TABLE,
@@ -69,7 +69,7 @@ from .sqlite import (
 )
 
 if TYPE_CHECKING:
-    from ..runtime.host import ObjectHost
+    from ..core.protocols import StorageOwner
 
 __all__ = [
     "MAX_BINDINGS",
@@ -205,7 +205,7 @@ def _flush_threads() -> concurrent.futures.ThreadPoolExecutor:
     return _threads[0]
 
 
-def _storage_failed(host: ObjectHost, error: BaseException, could_not: str) -> StorageError:
+def _storage_failed(host: StorageOwner, error: BaseException, could_not: str) -> StorageError:
     """What callers of a failed write are told (and the log says): that storage failed, why,
     and for which object."""
     if isinstance(error, StorageError):
@@ -214,7 +214,7 @@ def _storage_failed(host: ObjectHost, error: BaseException, could_not: str) -> S
         reason = error.strerror or str(error)
     else:
         reason = str(error) or type(error).__name__
-    name = host.namespace.object_class.__name__
+    name = host.class_name
     return StorageError(
         f"storage failed: {reason} (a write of {name}({host.id}) could not be {could_not})"
     )
@@ -235,7 +235,7 @@ class _Batches:
         "carry",
     )
 
-    def __init__(self, db: ObjectDatabase, host: ObjectHost) -> None:
+    def __init__(self, db: ObjectDatabase, host: StorageOwner) -> None:
         self.db = db
         self.host = host
         self.batch_lock: OutputLock | None = None
@@ -433,7 +433,7 @@ class Storage:
         "kv",
     )
 
-    def __init__(self, host: ObjectHost, db: ObjectDatabase) -> None:
+    def __init__(self, host: StorageOwner, db: ObjectDatabase) -> None:
         self._host = host
         self._db: ObjectDatabase | None = db
         self._txn_owner: object | None = None  # the event inside transaction()
