@@ -56,7 +56,7 @@ async def stored(runtime: Runtime, binding: str, name: str) -> Any:
 
     def read(o: Any) -> Any:
         st = o.ctx.storage
-        return dict(st.kv.list()), st._alarm_now()
+        return dict(st.kv.list()), st.alarm_now()
 
     return await stub.run(read)
 
@@ -73,7 +73,7 @@ async def test_writes_not_awaited_take_effect_when_called(runtime: Runtime) -> N
             st.delete("c"),
             st.set_alarm(10**13),
         )
-        return made, st.kv.get("a"), st.kv.get("c"), st._alarm_now()
+        return made, st.kv.get("a"), st.kv.get("c"), st.alarm_now()
 
     stub = runtime.env.BOX.get_by_name("w")
     assert await stub.run(write) == (0, 1, None, 10**13)

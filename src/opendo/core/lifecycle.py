@@ -1,26 +1,35 @@
 """An object's lifecycle, as data: the states of its host, the moves between them, and the
-back-off after failed starts. Standard library only; ``ObjectHost`` (``_runtime``) makes the
-moves.
+back-off after failed starts. Standard library only; ``ObjectHost`` (``opendo.runtime``)
+makes the moves.
 
 The table is ``TRANSITIONS``; a test reads this picture and compares it with the table::
 
-    EMPTY|HIBERNATED|BROKEN  --construct-->  ACTIVE      an event came; the constructor returned
-    EMPTY|HIBERNATED|BROKEN  --fail-->       BROKEN      the constructor raised
+    EMPTY|HIBERNATED|BROKEN  --activate-->   ACTIVATING  an event came: claim the object,
+                                                         open its storage
+    ACTIVATING               --construct-->  ACTIVE      the constructor returned
+    ACTIVATING               --forward-->    REMOTE      another process or node owns it: its
+                                                         events are forwarded there
+    ACTIVATING               --fail-->       BROKEN      the claim, the storage or the
+                                                         constructor failed
     ACTIVE                   --fail-->       BROKEN      a block_concurrency_while() that the
                                                          constructor started failed or timed out
     ACTIVE                   --reset-->      EMPTY       a failed write, abort(), a failed
                                                          block_concurrency_while()
     EMPTY|HIBERNATED|BROKEN  --reset-->      (same)      a late reset: no instance to drop
+    REMOTE                   --reset-->      EMPTY       the owner went away: claim it again
     ACTIVE|EMPTY|HIBERNATED  --hibernate-->  HIBERNATED  idle, or reset, with hibernatable
                                                          WebSockets: they stay connected
-    ACTIVE|EMPTY|HIBERNATED|BROKEN  --evict-->  EVICTED  idle: the host is dropped, and a new
-                                                         one is made on the next event
+    ACTIVE|EMPTY|HIBERNATED|BROKEN|REMOTE  --evict-->  EVICTED  idle: the host is dropped,
+                                                         and a new one is made on the next event
 
-In every state without an instance, the next event constructs the object again; a BROKEN
-one perhaps only later. After the first failed start in a row the next event constructs
-again at once; after the n-th, events within ``start_backoff(n)`` seconds of it (1 s,
-doubling, at most ``MAX_START_BACKOFF`` = 30 s) fail fast, and the first event after that
-constructs again. A start that completes clears the count.
+In every state without an instance, the next event activates the object again; a BROKEN one
+perhaps only later. After the first failed start in a row the next event tries again at once;
+after the n-th, events within ``start_backoff(n)`` seconds of it (1 s, doubling, at most
+``MAX_START_BACKOFF`` = 30 s) fail fast, and the first event after that tries again. A start
+that completes clears the count. Activation is a claim (``core.protocols.Placement``), then
+the storage (``StorageProvider.open``), then the constructor; when the claim and the storage
+answer at once, as they do on one machine, the three happen within the delivery of the
+event, and ACTIVATING lasts no longer than that.
 """
 
 from __future__ import annotations
@@ -34,33 +43,39 @@ MAX_START_BACKOFF = 30.0
 
 
 class Lifecycle(enum.Enum):
-    EMPTY = "empty"  # no instance; the next event constructs one
+    EMPTY = "empty"  # no instance; the next event activates one
+    ACTIVATING = "activating"  # claiming the object, opening its storage, constructing
     ACTIVE = "active"
     HIBERNATED = "hibernated"  # no instance, but hibernatable WebSockets stay connected
     BROKEN = "broken"  # no instance: the last start failed (events may fail fast a while)
+    REMOTE = "remote"  # owned elsewhere: events are forwarded to the owner
     EVICTED = "evicted"  # dropped for idleness; the host is gone from the runtime
 
 
+_ = Lifecycle
 TRANSITIONS: dict[tuple[Lifecycle, str], Lifecycle] = {
-    (Lifecycle.EMPTY, "construct"): Lifecycle.ACTIVE,
-    (Lifecycle.HIBERNATED, "construct"): Lifecycle.ACTIVE,
-    (Lifecycle.BROKEN, "construct"): Lifecycle.ACTIVE,
-    (Lifecycle.EMPTY, "fail"): Lifecycle.BROKEN,
-    (Lifecycle.HIBERNATED, "fail"): Lifecycle.BROKEN,
-    (Lifecycle.BROKEN, "fail"): Lifecycle.BROKEN,
-    (Lifecycle.ACTIVE, "fail"): Lifecycle.BROKEN,
-    (Lifecycle.ACTIVE, "reset"): Lifecycle.EMPTY,
-    (Lifecycle.EMPTY, "reset"): Lifecycle.EMPTY,
-    (Lifecycle.HIBERNATED, "reset"): Lifecycle.HIBERNATED,
-    (Lifecycle.BROKEN, "reset"): Lifecycle.BROKEN,
-    (Lifecycle.ACTIVE, "hibernate"): Lifecycle.HIBERNATED,
-    (Lifecycle.EMPTY, "hibernate"): Lifecycle.HIBERNATED,
-    (Lifecycle.HIBERNATED, "hibernate"): Lifecycle.HIBERNATED,
-    (Lifecycle.ACTIVE, "evict"): Lifecycle.EVICTED,
-    (Lifecycle.EMPTY, "evict"): Lifecycle.EVICTED,
-    (Lifecycle.HIBERNATED, "evict"): Lifecycle.EVICTED,
-    (Lifecycle.BROKEN, "evict"): Lifecycle.EVICTED,
+    (_.EMPTY, "activate"): _.ACTIVATING,
+    (_.HIBERNATED, "activate"): _.ACTIVATING,
+    (_.BROKEN, "activate"): _.ACTIVATING,
+    (_.ACTIVATING, "construct"): _.ACTIVE,
+    (_.ACTIVATING, "forward"): _.REMOTE,
+    (_.ACTIVATING, "fail"): _.BROKEN,
+    (_.ACTIVE, "fail"): _.BROKEN,
+    (_.ACTIVE, "reset"): _.EMPTY,
+    (_.EMPTY, "reset"): _.EMPTY,
+    (_.HIBERNATED, "reset"): _.HIBERNATED,
+    (_.BROKEN, "reset"): _.BROKEN,
+    (_.REMOTE, "reset"): _.EMPTY,
+    (_.ACTIVE, "hibernate"): _.HIBERNATED,
+    (_.EMPTY, "hibernate"): _.HIBERNATED,
+    (_.HIBERNATED, "hibernate"): _.HIBERNATED,
+    (_.ACTIVE, "evict"): _.EVICTED,
+    (_.EMPTY, "evict"): _.EVICTED,
+    (_.HIBERNATED, "evict"): _.EVICTED,
+    (_.BROKEN, "evict"): _.EVICTED,
+    (_.REMOTE, "evict"): _.EVICTED,
 }
+del _
 
 
 def start_backoff(failures: int) -> float:

@@ -82,6 +82,7 @@ __all__ = ["DurableObjectState", "Lifecycle", "ObjectHost", "current_event", "cu
 
 log = logging.getLogger("opendo")
 
+
 def current_host() -> ObjectHost | None:
     """The host whose event is running now, if any."""
     host = context.current_host()
@@ -101,7 +102,7 @@ class StorageHandle(Protocol):
     """What the host needs of an object's storage: to close it (rolling back what was not
     committed) when the instance goes away."""
 
-    def _close(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class ObjectHost:
@@ -272,6 +273,7 @@ class ObjectHost:
                 )
                 self._maybe_idle()
                 return False
+        self._move("activate")
         cls = self.namespace.object_class
         self.ctx = DurableObjectState(self)
         token = context.set_host(self)
@@ -520,7 +522,7 @@ class ObjectHost:
     def _close_storage(self) -> None:
         storage, self._storage = self._storage, None
         if storage is not None:
-            storage._close()
+            storage.close()
 
     def evict(self) -> None:
         """Drop the instance; the next event builds a new one. Hibernatable WebSockets stay

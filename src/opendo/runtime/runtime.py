@@ -194,7 +194,7 @@ class Runtime:
                     log.error("alarm of %s(%s) cannot run: %s", class_name, id, exc)
                     return
                 assert isinstance(storage, Storage)
-                due = storage._alarm_now()
+                due = storage.alarm_now()
                 if due is None:
                     host._maybe_idle()
                     return
@@ -225,8 +225,8 @@ class Runtime:
             # An alarm set meanwhile (its timer found this run busy) is scheduled again.
             live = self._hosts.get(key)
             kept = live._storage if live is not None else None
-            if isinstance(kept, Storage) and kept._db is not None:
-                if (later := kept._alarm_now()) is not None:
+            if isinstance(kept, Storage) and not kept.closed:
+                if (later := kept.alarm_now()) is not None:
                     self.alarms.schedule(key, later)
 
     async def _give_up_alarm(self, host: ObjectHost, due: int) -> None:
@@ -261,13 +261,13 @@ class Runtime:
         host = self.host(namespace, id)
         storage = host.storage
         assert isinstance(storage, Storage)
-        due = storage._alarm_now()
+        due = storage.alarm_now()
         if due is None:
             host._maybe_idle()
             return False
         self.alarms.cancel(key)
         if due > self.clock.time() * 1000:
-            storage._set_alarm_row(round(self.clock.time() * 1000))
+            storage.alarm_run_now(round(self.clock.time() * 1000))
         task = self._alarm_runs.get(key)
         if task is None:
             task = self._alarm_runs[key] = asyncio.ensure_future(self._run_alarm(key))
@@ -316,7 +316,8 @@ async def _invoke_alarm(
     runs, ``get_alarm()`` says None, unless it set a new alarm."""
     storage = host.storage
     assert isinstance(storage, Storage)
-    storage._in_alarm, storage._alarm_set_in_handler = True, False
+    storage.alarm_started()
+    ran = False
     try:
         handler = getattr(instance, "alarm", None)
         if handler is None:
@@ -326,22 +327,16 @@ async def _invoke_alarm(
             )
         else:
             await handler(info)
-        if not storage._alarm_set_in_handler:
-            _finish_alarm(storage, due)
+        ran = True
     finally:
-        storage._in_alarm = False
-
-
-def _finish_alarm(storage: Storage, due: int) -> None:
-    """The alarm that was due is done, unless another time was set meanwhile."""
-    if storage._alarm_now() == due:
-        storage._delete_alarm("delete_alarm")
+        storage.alarm_finished(due, ran=ran)
 
 
 def _give_up_alarm(instance: DurableObject | None, host: ObjectHost, due: int) -> None:
     storage = host.storage
     assert isinstance(storage, Storage)
-    _finish_alarm(storage, due)
+    storage.alarm_started()
+    storage.alarm_finished(due, ran=True)
 
 
 def import_main(path: Path) -> ModuleType:

@@ -686,12 +686,31 @@ class Storage:
             self._alarm_set_in_handler = False
         self._host.alarm_changed(None)
 
-    def _alarm_now(self) -> int | None:
+    # -- what the runtime drives (core.protocols.ObjectStorage) ------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def close(self) -> None:
+        self._close()
+
+    def alarm_now(self) -> int | None:
         """The stored alarm, whatever a running handler should be told."""
         return self._alarm_row(self._conn("get_alarm"))
 
-    def _set_alarm_row(self, time_ms: int) -> None:
-        self._set_alarm(time_ms, "set_alarm")
+    def alarm_started(self) -> None:
+        self._in_alarm, self._alarm_set_in_handler = True, False
+
+    def alarm_finished(self, due: int, *, ran: bool) -> None:
+        try:
+            if ran and not self._alarm_set_in_handler and self.alarm_now() == due:
+                self._delete_alarm("delete_alarm")
+        finally:
+            self._in_alarm = False
+
+    def alarm_run_now(self, now_ms: int) -> None:
+        self._set_alarm(now_ms, "set_alarm")
 
     def _rolled_back(self) -> None:
         """After a rollback: forget cached values, and follow the alarm as it is now."""
