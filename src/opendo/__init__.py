@@ -31,11 +31,11 @@ from .core.gates import GateBrokenError, InputGate, OutputGate
 from .core.ids import DurableObjectId
 from .core.migrations import MigrationError
 from .project.config import Config, ConfigError, load_config
-from .runtime.host import DurableObjectState
-from .runtime.runtime import Runtime
+from .project.loader import Runtime
+from .project.serve import create_app
+from .runtime.state import DurableObjectState
 from .runtime.stubs import DurableObjectNamespace, DurableObjectStub
 from .server.asgi import App
-from .server.serve import create_app
 from .storage.api import SqlCursor, SqlError, SqlStorage, Storage, StorageError, Transaction
 from .storage.sqlite import MemoryDriver, SqliteDriver, StorageDriver
 

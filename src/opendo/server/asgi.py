@@ -177,7 +177,7 @@ class App:
             discard_websocket(response)  # the client left while the Worker decided
             raise
         transport = _AsgiTransport(send)
-        client._bind(transport)
+        client.bind(transport)
         code, reason = 1006, ""
         try:
             while True:
@@ -185,7 +185,9 @@ class App:
                 kind = message["type"]
                 if kind == "websocket.receive":
                     text = message.get("text")
-                    client._receive(text if text is not None else message.get("bytes") or b"")
+                    client.transport_received(
+                        text if text is not None else message.get("bytes") or b""
+                    )
                 elif kind == "websocket.disconnect":
                     code = message.get("code", 1005)
                     reason = message.get("reason") or ""
@@ -194,7 +196,7 @@ class App:
                     break
         finally:
             transport.closed = True
-            client._network_closed(code, reason, was_clean=code not in (1006, 1011, 1012))
+            client.transport_closed(code, reason, was_clean=code not in (1006, 1011, 1012))
 
 
 class _AsgiTransport:
