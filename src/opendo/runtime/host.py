@@ -46,7 +46,7 @@ import contextvars
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..api.websocket import (
@@ -74,10 +74,10 @@ from ..core.lifecycle import TRANSITIONS, Lifecycle, start_backoff
 from ..core.protocols import Claim, Forwarder, ObjectStorage, Placement, StorageProvider
 from .invoke import invoke
 from .state import DurableObjectState
+from .steps import Continue, is_coroutine
 
 if TYPE_CHECKING:
     from ..api.objects import DurableObject
-    from .stubs import DurableObjectNamespace
 
 __all__ = ["HostServices", "Lifecycle", "ObjectHost", "current_host"]
 
@@ -91,6 +91,13 @@ def current_host() -> ObjectHost | None:
     """The host whose event is running now, if any."""
     host = context.current_host()
     return host if isinstance(host, ObjectHost) else None
+
+
+class Namespace(Protocol):
+    """What a host needs of its namespace (``DurableObjectNamespace``)."""
+
+    @property
+    def object_class(self) -> type[DurableObject]: ...
 
 
 class HostServices(Protocol):
@@ -146,9 +153,7 @@ class ObjectHost:
         "_start_cause",
     )
 
-    def __init__(
-        self, namespace: DurableObjectNamespace, id: DurableObjectId, services: HostServices
-    ) -> None:
+    def __init__(self, namespace: Namespace, id: DurableObjectId, services: HostServices) -> None:
         self.namespace = namespace
         self.id = id
         self.state = Lifecycle.EMPTY
@@ -438,14 +443,14 @@ class ObjectHost:
         self._starting = True
         try:
             result = scope.run(invoke, instance, event, self._storage)
-            if type(result) is _Coroutine:
+            if is_coroutine(result):
                 coro = result
                 try:
                     step = scope.run(coro.send, None)
                 except StopIteration as stop:
                     result = stop.value
                 else:
-                    self._continue_in_task(_Continue(coro, step), future, generation, scope)
+                    self._continue_in_task(Continue(coro, step), future, generation, scope)
                     return
         except Exception as exc:
             self._running -= 1
@@ -767,43 +772,3 @@ class ObjectHost:
             "constructions": self.constructions,
             "start_failures": self._start_failures,
         }
-
-
-async def _coroutine_type() -> None:
-    pass
-
-
-_coroutine = _coroutine_type()
-_Coroutine = type(_coroutine)
-_coroutine.close()
-
-
-class _Continue:
-    """Awaits the rest of a coroutine whose first step already ran and yielded ``step``:
-    hands each yielded future to the task running this, and sends (or throws) into the
-    coroutine what the task sends (or throws) back — the task's protocol, one level down."""
-
-    __slots__ = ("_coro", "_step")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], step: Any) -> None:
-        self._coro = coro
-        self._step = step
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        coro, step = self._coro, self._step
-        while True:
-            try:
-                yield step
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # thrown in by the task: a cancellation
-                try:
-                    step = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                step = coro.send(None)
-            except StopIteration as stop:
-                return stop.value

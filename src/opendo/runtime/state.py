@@ -6,13 +6,44 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ..api.websocket import ReadyState, WebSocket, WebSocketRequestResponsePair
 from ..core.errors import DurableObjectResetError, StorageError
+from ..core.protocols import SocketOwner
 
 if TYPE_CHECKING:
-    from .host import ObjectHost
+    from ..core.clock import Clock
+    from ..core.gates import InputGate
+    from ..core.ids import DurableObjectId
+
+
+class StateHost(SocketOwner, Protocol):
+    """What ``ctx`` needs of its object's host (``ObjectHost``)."""
+
+    id: DurableObjectId
+    ctx: DurableObjectState | None
+    generation: int
+    startup_blocks: int
+    input_gate: InputGate
+    hibernatable: dict[WebSocket, None]
+    auto_response: WebSocketRequestResponsePair | None
+
+    @property
+    def instance(self) -> object | None: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def storage(self) -> Any: ...
+
+    def track(self, task: asyncio.Future[Any]) -> None: ...
+
+    def reset(self, reason: str, error: BaseException | None = None) -> None: ...
+
+    def startup_block_done(self) -> None: ...
+
 
 __all__ = [
     "BLOCK_CONCURRENCY_TIMEOUT",
@@ -36,11 +67,11 @@ class DurableObjectState:
 
     __slots__ = ("_host", "id")
 
-    def __init__(self, host: ObjectHost) -> None:
+    def __init__(self, host: StateHost) -> None:
         self._host = host
         self.id = host.id
 
-    def _live_host(self, what: str) -> ObjectHost:
+    def _live_host(self, what: str) -> StateHost:
         host = self._host
         if host.ctx is not self:
             raise StorageError(

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..api.http import Headers, Request, Response
+from ..core import context
 from ..core.errors import DurableObjectResetError
 from ..core.events import Fetch, Rpc
 from ..core.ids import DurableObjectId, NamespaceKey
-from .host import current_host
 from .invoke import RESERVED_METHODS, clone_arguments
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class DurableObjectNamespace:
     def send(self, id: DurableObjectId, event: object) -> asyncio.Future[Any]:
         """Deliver ``event`` to the object ``id``; from inside an object, only once the
         caller's earlier writes are durable (an outbound call waits at its output gate)."""
-        caller = current_host()
+        caller = context.current_host()
         directory = self.directory
         if caller is None or caller.output_gate.is_clear:
             return directory.send(self, id, event)

@@ -412,8 +412,7 @@ class Project:
 
     async def run_durable_object_alarm(self, stub: DurableObjectStub) -> bool:
         """Run the object's alarm now, even if it is not due yet; False if none is set."""
-        host = self._host(stub)
-        return await self.runtime.run_alarm(host.namespace, host.id)
+        return await self.runtime.run_alarm(self._check(stub), stub.id)
 
     async def list_durable_object_ids(
         self, namespace: DurableObjectNamespace | str
