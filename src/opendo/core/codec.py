@@ -61,6 +61,10 @@ Type                       Notes
                            ``sNaN``, ``Infinity`` and ``-0``
 =========================  ======================================================================
 
+One consequence of Python's own rules: a ``ZoneInfo`` datetime in the hour that repeats (when
+clocks go back) comes back as the same instant, but Python compares it unequal to any datetime
+of another time zone, so ``decode(encode(v)) != v`` for it (PEP 495).
+
 Only these exact types are accepted: a subclass (an ``IntEnum`` or ``StrEnum`` member, a
 ``namedtuple``, an ``OrderedDict``, a ``defaultdict``, a ``datetime`` subclass such as a pandas
 ``Timestamp``) is rejected rather than silently stored as its base type and read back as
