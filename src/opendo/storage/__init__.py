@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from . import fastcodec
 from .api import Storage
 
 if TYPE_CHECKING:
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from .sqlite import StorageDriver
 
 __all__ = ["Storage", "Storages"]
+
+fastcodec.install()  # values are encoded by msgspec's C code, to core.codec's format
 
 
 class Storages:
