@@ -36,7 +36,6 @@ from .gateway import (
     Limits,
     RequestTooLarge,
     discard_websocket,
-    etag_matches,
 )
 
 __all__ = ["App"]
@@ -48,7 +47,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_etag_matches = etag_matches  # the pytest plugin's name for it
 _HOP_BY_HOP = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions"}
 
 

@@ -161,8 +161,8 @@ from ..project.loader import Runtime
 from ..runtime.host import ObjectHost
 from ..runtime.state import DurableObjectState
 from ..runtime.stubs import DurableObjectNamespace, DurableObjectStub
-from ..server.asgi import _etag_matches
-from ..server.assets import Asset, Assets
+from ..server.assets import Assets
+from ..server.gateway import asset_response
 from ..storage.sqlite import ALARM_TABLE, KV_TABLE, META_TABLE, RESERVED_PREFIX, SqliteDriver
 
 __all__ = [
@@ -349,7 +349,7 @@ class Project:
         if self.assets is not None and request.method in ("GET", "HEAD"):
             asset = self.assets.match(urlsplit(request.url).path or "/", request.headers)
             if asset is not None:
-                return _asset_response(asset, request)
+                return await asset_response(asset, request)
         return await self.runtime.fetch(request)
 
     def websocket(self, url: str, *, headers: HeadersInit = None) -> _Connecting:
@@ -580,18 +580,6 @@ def _with_host(headers: HeadersInit, url: str) -> Headers:
     if "host" not in out:
         out.set("host", urlsplit(url).netloc or urlsplit(BASE_URL).netloc)
     return out
-
-
-def _asset_response(asset: Asset, request: Request) -> Response:
-    headers = {
-        "content-type": asset.content_type,
-        "etag": asset.etag,
-        "cache-control": "public, max-age=0, must-revalidate",
-    }
-    if _etag_matches(request.headers.get("if-none-match"), asset.etag):
-        return Response(status=304, headers=headers)
-    body = b"" if request.method == "HEAD" else asset.path.read_bytes()
-    return Response(body, headers={**headers, "content-length": str(asset.size)})
 
 
 def _stored(file: Path) -> tuple[bool, str | None]:
