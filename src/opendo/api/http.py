@@ -17,6 +17,7 @@ __all__ = ["Headers", "Request", "Response"]
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 
 BodyReader = Callable[[], Awaitable[bytes]]
+_Bytes = bytes  # (inside Request, "bytes" is its method)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
@@ -110,6 +111,11 @@ class _Body:
         self._data = data
         self._reader = reader
 
+    def known(self) -> bytes | None:
+        if self._data is None and self._reader is None:
+            self._data = b""
+        return self._data
+
     async def read(self) -> bytes:
         if self._data is None:
             reader, self._reader = self._reader, None
@@ -170,6 +176,14 @@ class Request:
 
     async def json(self) -> Any:
         return json.loads(await self._body.read())
+
+    def read_body_now(self) -> _Bytes:
+        """The body, when it is known without waiting (given, or read already); else a
+        RuntimeError (``await request.bytes()`` reads it)."""
+        data = self._body.known()
+        if data is None:
+            raise RuntimeError("the request body has not been read yet: await request.bytes()")
+        return data
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"

@@ -119,6 +119,13 @@ class Placement(Protocol):
 
 
 class Forwarder(Protocol):
+    def start(self) -> None:
+        """Begin to serve what others forward here (called once the event loop runs, before
+        anything is claimed)."""
+        ...
+
+    def close(self) -> None: ...
+
     def forward(
         self, owner: str, class_name: str, id: DurableObjectId, event: Any
     ) -> Awaitable[Any]:

@@ -75,7 +75,13 @@ class Runtime(engine.Runtime):
 
     @classmethod
     def from_config(
-        cls, config: Config, *, clock: Clock | None = None, storage: StorageDriver | None = None
+        cls,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        storage: StorageDriver | None = None,
+        placement: Placement | None = None,
+        forwarder: Forwarder | None = None,
     ) -> Runtime:
         """Import the project's main module, bind its classes as the config says, and apply
         the config's pending migrations to the storage."""
@@ -108,6 +114,8 @@ class Runtime(engine.Runtime):
             hibernation_timeout=config.hibernation_timeout,
             storage=storage,
             labels=labels,
+            placement=placement,
+            forwarder=forwarder,
         )
 
 

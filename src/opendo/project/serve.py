@@ -20,6 +20,8 @@ from watchfiles import watch
 from ..core.clock import Clock
 from ..core.errors import ConfigError
 from ..core.migrations import MigrationError
+from ..multiprocess.forwarder import ProcessForwarder
+from ..multiprocess.placement import LockPlacement
 from ..server.asgi import App
 from ..server.assets import Assets
 from ..server.gateway import Limits
@@ -59,7 +61,17 @@ def create_app(
     config = load_config(project, env)
     persist = Path(persist_to) if persist_to is not None else config.root / ".opendo" / "state"
     check_persist_dir(config, persist)
-    runtime = Runtime.from_config(config, clock=clock, storage=storage or SqliteDriver(persist))
+    driver = storage if storage is not None else SqliteDriver(persist)
+    placement, forwarder = None, None
+    if isinstance(driver, SqliteDriver):
+        # Any process serving this directory may own objects: find them by their locks.
+        forwarder = ProcessForwarder(driver.directory)
+        placement = LockPlacement(driver, forwarder)
+    runtime = Runtime.from_config(
+        config, clock=clock, storage=driver, placement=placement, forwarder=forwarder
+    )
+    if forwarder is not None:
+        forwarder.attach(runtime)
     assets = None
     if config.assets is not None:
         assets = Assets(config.assets.directory, config.assets.not_found_handling)

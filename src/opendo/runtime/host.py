@@ -531,6 +531,21 @@ class ObjectHost:
 
     # -- forwarding, when another process or node owns the object -------------------------
 
+    def claim_here(self) -> bool:
+        """Whether this process may serve the object's events: it holds the claim, or takes
+        it now (an event another process forwarded here must not be forwarded on)."""
+        if self.state is Lifecycle.REMOTE:
+            return False
+        if self._claimed or self.state is Lifecycle.ACTIVATING:
+            return True
+        claim = self._services.placement.claim(self.class_name, self.id)
+        if not isinstance(claim, Claim):
+            return True  # it answers later: the activation that follows takes it
+        if claim.owner is not None:
+            return False
+        self._claimed, self.epoch = True, claim.epoch
+        return True
+
     def _forward(self, event: object, future: asyncio.Future[Any] | None) -> None:
         forwarder, owner = self._services.forwarder, self.owner
         if forwarder is None or owner is None:

@@ -136,6 +136,8 @@ class Runtime:
         if self._started:
             return
         self._started = True
+        if self.forwarder is not None:
+            self.forwarder.start()
         for stored in self.storage.scan_alarms():
             self.alarms.restore(stored)
 
@@ -154,6 +156,8 @@ class Runtime:
         for host in self.live_hosts():
             host.shutdown(1001, "server shutting down")
         self._hosts.clear()
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -603,6 +603,18 @@ class SqliteDriver:
         db.failures = self.failures
         return db
 
+    def hold_object(self, class_name: str, id: DurableObjectId | str) -> bool:
+        """Hold the object for this process (True), unless another process holds it (False).
+        Every hold is released once (``release_object``)."""
+        try:
+            hold(self.path_of(class_name, id))
+        except ObjectInUseError:
+            return False
+        return True
+
+    def release_object(self, class_name: str, id: DurableObjectId | str) -> None:
+        release(self.path_of(class_name, id))
+
     def holder(self, class_name: str, id: DurableObjectId | str) -> int | None:
         """The pid of the process that holds this object (has it open), or None."""
         return holder_of(self.path_of(class_name, id))
