@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ def _run(
     reload: bool,
     log_level: str,
     limits: dict[str, Any],
+    workers: int = 1,
 ) -> None:
     from .project.serve import serve
 
@@ -61,6 +63,7 @@ def _run(
             reload=reload,
             log_level=log_level,
             limits=chosen,
+            workers=workers,
         )
     except (ConfigError, MigrationError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
@@ -144,8 +147,37 @@ def dev(
     _run(project, port, ip, persist_to, env, reload, log_level, _limits(limits))
 
 
+class _Workers(click.ParamType[int, Any]):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of processes (or auto)", param, ctx)
+        if count < 1:
+            self.fail(f"{count} is not a number of processes: at least 1", param, ctx)
+        return count
+
+
 @main.command()
 @_with_options
+@click.option(
+    "--workers",
+    type=_Workers(),
+    default="1",
+    show_default=True,
+    help="Server processes on one port (auto: one per core). Each object lives in one of them; "
+    "the others forward to it.",
+)
 def serve(
     project: Path,
     port: int | None,
@@ -153,10 +185,11 @@ def serve(
     persist_to: Path | None,
     env: str | None,
     log_level: str,
+    workers: int,
     **limits: Any,
 ) -> None:
     """Run PROJECT in production (no reloading)."""
-    _run(project, port, ip, persist_to, env, False, log_level, _limits(limits))
+    _run(project, port, ip, persist_to, env, False, log_level, _limits(limits), workers)
 
 
 # -- opendo objects ---------------------------------------------------------------------------

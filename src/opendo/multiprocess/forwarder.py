@@ -112,15 +112,11 @@ class ProcessForwarder:
         answer = await peer.call(message)
         if not answer.get("ok"):
             raise wire.decode_error(answer.get("err") or {})
+        if (fields := answer.get("resp")) is not None:  # a fetch's Response
+            pair = answer.get("pair")
+            return wire.response_from(fields, pair.client if pair is not None else None)
         assert self._runtime is not None
-        value = wire.decode_value(answer.get("v"), self._runtime)
-        pair = answer.get("pair")
-        if pair is not None and isinstance(value, Response):
-            return Response(
-                status=101, status_text=value.status_text, headers=value.headers,
-                web_socket=pair.client,
-            )  # fmt: skip
-        return value
+        return wire.decode_value(answer.get("v"), self._runtime)
 
     async def _peer(self, owner: str) -> _Peer:
         peer = self._peers.get(owner)
@@ -130,11 +126,15 @@ class ProcessForwarder:
         if waiting is None:
             loop = asyncio.get_running_loop()
             waiting = self._connecting[owner] = loop.create_future()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
+                await loop.sock_connect(sock, "\0" + owner)  # (uvloop takes no abstract path)
                 _, connected = await loop.create_unix_connection(
-                    lambda: _Peer(self, owner), "\0" + owner
+                    lambda: _Peer(self, owner), sock=sock
                 )
             except OSError as exc:
+                sock.close()
                 self._connecting.pop(owner, None)
                 waiting.set_exception(OwnerGoneError(f"the process {owner} is gone ({exc})"))
                 waiting.exception()  # retrieved: the awaiter below re-raises it
@@ -349,11 +349,14 @@ class _Incoming(_Connection):
             return
         result = done.result()
         answer: dict[str, Any] = {"k": "done", "n": n, "ok": True}
-        try:
-            answer["v"] = wire.encode_value(result, "the result")
-        except Exception as exc:
-            self.send({"k": "done", "n": n, "ok": False, "err": wire.encode_error(exc)})
-            return
+        if isinstance(result, Response):
+            answer["resp"] = wire.response_fields(result)
+        else:
+            try:
+                answer["v"] = wire.encode_value(result, "the result")
+            except Exception as exc:
+                self.send({"k": "done", "n": n, "ok": False, "err": wire.encode_error(exc)})
+                return
         if isinstance(result, Response) and result.web_socket is not None:
             self._sids += 1
             answer["ws"] = self._sids

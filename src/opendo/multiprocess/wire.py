@@ -40,6 +40,8 @@ __all__ = [
     "encode_value",
     "frame",
     "parse",
+    "response_fields",
+    "response_from",
 ]
 
 REF = "\x00opendo-ref"
@@ -102,7 +104,7 @@ def encode_value(value: Any, where: str = "value") -> Any:
     if isinstance(value, Request):
         return (REF, "req", _request_fields(value))
     if isinstance(value, Response):
-        return (REF, "resp", _response_fields(value))
+        return (REF, "resp", response_fields(value))
     if isinstance(value, DurableObjectId):
         return (REF, "id", value.namespace_key.label, str(value), value.name)
     stub_namespace = getattr(value, "namespace", None)
@@ -180,7 +182,7 @@ def request_from(fields: dict[str, Any]) -> Request:
     )
 
 
-def _response_fields(response: Response) -> dict[str, Any]:
+def response_fields(response: Response) -> dict[str, Any]:
     return {
         "status": response.status,
         "status_text": response.status_text,

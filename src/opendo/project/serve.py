@@ -14,12 +14,14 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from uvicorn.supervisors.watchfilesreload import WatchFilesReload
 from watchfiles import watch
 
 from ..core.clock import Clock
 from ..core.errors import ConfigError
 from ..core.migrations import MigrationError
+from ..core.migrations import apply as apply_migrations
 from ..multiprocess.forwarder import ProcessForwarder
 from ..multiprocess.placement import LockPlacement
 from ..server.asgi import App
@@ -127,6 +129,10 @@ class _Reloader(WatchFilesReload):
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, *, announce: bool = True) -> None:
+        super().__init__(config)
+        self.announce = announce
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         # A signal asked for a clean shutdown: exit 0 afterwards instead of re-raising it.
@@ -134,10 +140,39 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self.started:
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            print(f"Ready on http://{shown}:{port}", flush=True)
+        if self.started and self.announce:
+            _announce(self.servers[0].sockets[0])
+
+
+def _announce(sock: Any) -> None:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Ready on http://{shown}:{port}", flush=True)
+
+
+class _Worker(Process):
+    """One of N server processes: serves the shared socket, says nothing of being ready."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = _Server(self.config, announce=False)
+        return self._server
+
+
+class _Workers(Multiprocess):
+    """N server processes on one socket (``opendo serve --workers N``): uvicorn's supervisor
+    (it restarts a worker that dies), announcing "Ready" once every worker serves."""
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            worker = _Worker(self.config, self.sockets)
+            worker.start()
+            self.processes.append(worker)
+        for process in self.processes:
+            process.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit)
+        if not self.should_exit.is_set():
+            _announce(self.sockets[0])
 
 
 def _setup_logging() -> None:
@@ -162,8 +197,11 @@ def serve(
     reload: bool,
     log_level: str = "info",
     limits: Limits | None = None,
+    workers: int = 1,
 ) -> None:
-    """Run the project's server in the foreground until SIGINT or SIGTERM."""
+    """Run the project's server in the foreground until SIGINT or SIGTERM: one process, or
+    ``workers`` processes on one socket (objects live in the one that holds their lock, and
+    the others forward to it)."""
     limits = limits or Limits()
     os.environ[_ENV_LOG_LEVEL] = log_level
     os.environ[_ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
@@ -193,6 +231,12 @@ def serve(
     if reload:
         sock = uv_config.bind_socket()
         _Reloader(uv_config, target=server.run, sockets=[sock]).run()
+    elif workers > 1:
+        _setup_logging()
+        uv_config.workers = workers
+        # Pending migrations move data: once, here, before any worker opens an object.
+        apply_migrations(SqliteDriver(persist_to), config.migrations)
+        _Workers(uv_config, sockets=[uv_config.bind_socket()]).run()
     else:
         _setup_logging()
         server.run()
