@@ -27,7 +27,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from ..core.errors import StorageError
+from ..core.errors import StorageError, StorageUnavailableError
 from ..core.gates import OutputLock
 from ..core.storage import DatabaseError, ObjectDatabase, SqlError
 
@@ -170,10 +170,10 @@ class Batches:
             if db.in_transaction:
                 db.rollback()
                 self.host.alarm_changed(db.alarm())
+        except StorageUnavailableError:
+            pass  # its sync failed, which was said then; it is not read again
         except StorageError as exc:
-            log.error(
-                "the storage of %s(%s) failed at close: %s", self.host.class_name, self.host.id, exc
-            )
+            log.error("%s", storage_failed(self.host, exc, "rolled back"))
         reset = StorageError("the object was reset before its write was durable")
         for lock in (self.batch_lock, *self.pending):
             if lock is not None:

@@ -336,10 +336,11 @@ class SqliteDatabase:
         return self.commits
 
     def rollback(self) -> None:
-        conn = self._usable()
-        if self.in_transaction:
+        if self._closed:
+            self._usable()  # raises, naming the database
+        if self.in_transaction:  # also on a broken handle: discarding reads nothing
             try:
-                conn.execute("ROLLBACK")
+                self.connection.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 raise failure(exc) from exc
 
