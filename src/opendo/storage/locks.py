@@ -30,12 +30,14 @@ import struct
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from ..core.errors import StorageError
 from ..core.storage import FencedError
 
 __all__ = [
     "LOCK_FILE",
+    "Held",
     "ObjectInUseError",
     "hold",
     "hold_class",
@@ -52,16 +54,27 @@ class ObjectInUseError(Exception):
     """Another process holds this object (a running server)."""
 
 
+class Held(NamedTuple):
+    """Where ``hold`` holds an object: what ``lost`` asks about."""
+
+    persist: Path
+    key: str  # the persist directory's real path
+    offset: int
+
+
 class _LockFile:
     """This process's one open descriptor of a persist directory's lock file, and what it
     holds there: each object (by offset) with how many opens share it and the newest epoch
     among them, each class (by offset) with how many of its objects are held, and the
-    classes held exclusively."""
+    classes held exclusively. ``path`` and ``inode``: where it is, and which file it is."""
 
-    __slots__ = ("fd", "objects", "epochs", "classes", "exclusive")
+    __slots__ = ("fd", "path", "inode", "objects", "epochs", "classes", "exclusive")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path) -> None:
         self.fd = fd
+        self.path = str(path)
+        mine = os.fstat(fd)
+        self.inode = (mine.st_dev, mine.st_ino)
         self.objects: dict[int, int] = {}
         self.epochs: dict[int, int] = {}
         self.classes: dict[int, int] = {}
@@ -100,18 +113,17 @@ def _lock_file(persist: Path) -> tuple[str, _LockFile]:
                 f"cannot open {persist / LOCK_FILE} to hold objects there: "
                 f"{exc.strerror or exc}; the persist directory must be writable"
             ) from None
-        lock_file = _lock_files[key] = _LockFile(fd)
+        lock_file = _lock_files[key] = _LockFile(fd, persist / LOCK_FILE)
     return key, lock_file
 
 
-def _replaced(persist: Path, lock_file: _LockFile) -> bool:
+def _replaced(lock_file: _LockFile) -> bool:
     """The lock file at its path is not the one this process locked."""
-    mine = os.fstat(lock_file.fd)
     try:
-        there = os.stat(persist / LOCK_FILE)
+        there = os.stat(lock_file.path)
     except FileNotFoundError:
         return True
-    return (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino)
+    return lock_file.inode != (there.st_dev, there.st_ino)
 
 
 def _done_with(key: str, lock_file: _LockFile) -> None:
@@ -141,7 +153,7 @@ def _by(pid: int) -> str:
     return f"pid {pid}: a running opendo server?" if pid else "a running opendo server?"
 
 
-def hold(path: Path, epoch: int = 0, *, alone: bool = False) -> None:
+def hold(path: Path, epoch: int = 0, *, alone: bool = False) -> Held:
     """Hold the object of the database at ``path`` for this process, opened with ``epoch``;
     or raise ObjectInUseError (another process holds it, or — with ``alone`` — this one
     does), or FencedError (this process has it open with a newer epoch)."""
@@ -160,7 +172,7 @@ def hold(path: Path, epoch: int = 0, *, alone: bool = False) -> None:
                 )
             lock_file.epochs[offset] = epoch
         else:
-            if lock_file.objects and _replaced(persist, lock_file):
+            if lock_file.objects and _replaced(lock_file):
                 raise StorageError(
                     f"{persist / LOCK_FILE} was removed or replaced while this process held "
                     "objects in it, so another process may hold them now; restart this one"
@@ -181,6 +193,7 @@ def hold(path: Path, epoch: int = 0, *, alone: bool = False) -> None:
             lock_file.classes[class_offset] = classes + 1
             lock_file.epochs[offset] = epoch
         lock_file.objects[offset] = count + 1
+    return Held(persist, key, offset)
 
 
 def release(path: Path) -> None:
@@ -204,20 +217,18 @@ def release(path: Path) -> None:
             _unlock(lock_file, class_offset)
 
 
-def lost(path: Path, epoch: int) -> str | None:
-    """Why a handle of ``path`` opened with ``epoch`` may no longer write (None: it may)."""
-    persist, offset, _ = _lock_place(path)
+def lost(held: Held, epoch: int) -> str | None:
+    """Why a handle that ``held`` the object with ``epoch`` may no longer write (None: it
+    may). Asked before every commit: a dictionary look-up and one ``stat``."""
     with _lock_mutex:
-        lock_file = _lock_files.get(os.path.realpath(persist))
-        if lock_file is None or offset not in lock_file.objects:
+        lock_file = _lock_files.get(held.key)
+        if lock_file is None or held.offset not in lock_file.objects:
             return "this process no longer holds it"
-        latest = lock_file.epochs[offset]
+        latest = lock_file.epochs[held.offset]
         if latest > epoch:
             return f"the newer epoch {latest} has it open (this handle's is {epoch})"
-        if _replaced(persist, lock_file):
-            return (
-                f"{persist / LOCK_FILE} was removed or replaced, so another process may hold it now"
-            )
+        if _replaced(lock_file):
+            return f"{lock_file.path} was removed or replaced, so another process may hold it now"
     return None
 
 

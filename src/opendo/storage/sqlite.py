@@ -86,7 +86,7 @@ class FileDatabase(SqliteDatabase):
         epoch: int,
         failures: dict[str, str],
     ) -> None:
-        locks.hold(path, epoch)
+        self._held = locks.hold(path, epoch)
         try:
             self.file_pending = not path.exists()
             conn = connect(None if self.file_pending else str(path))
@@ -107,13 +107,13 @@ class FileDatabase(SqliteDatabase):
         self.durable = 0  # every commit up to this one is durable
         self.waiting: list[tuple[int, Done]] = []
         self.in_round = False  # waiting for a round, or in one
-        self._held = True
+        self._released = False
         self._synced_once = False
         self._new_directory = False  # the first commit made the class directory
         self._wal_fd: int | None = None
 
     def _check_epoch(self) -> None:
-        why = locks.lost(self.path, self.epoch)
+        why = locks.lost(self._held, self.epoch)
         if why is not None:
             raise FencedError(
                 f"the storage of {self.label} refused a commit: {why}; nothing of it was stored"
@@ -230,8 +230,8 @@ class FileDatabase(SqliteDatabase):
             os.close(self._wal_fd)
             self._wal_fd = None
         self.connection.close()
-        if self._held:
-            self._held = False
+        if not self._released:
+            self._released = True
             locks.release(self.path)
 
 
