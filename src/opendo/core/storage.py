@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseError",
+    "Done",
     "FencedError",
     "ObjectContents",
     "ObjectDatabase",
@@ -95,7 +96,7 @@ class SqlResult(NamedTuple):
     changed: bool  # the statements may have changed the database: its batch must be made durable
 
 
-Done = Callable[[BaseException | None], None]
+Done = Callable[[BaseException | None], None]  # what sync() calls: None, or why it failed
 
 
 class ObjectDatabase(Protocol):

@@ -36,9 +36,12 @@ __all__ = [
     "connect",
     "contents",
     "describe",
+    "failure",
+    "holds_something",
     "is_export",
     "prepare",
     "set_name",
+    "unavailable",
 ]
 
 KV_TABLE = "_opendo_kv"
