@@ -13,8 +13,11 @@ than introspection, and any access to the runtime's own ``_opendo_*`` tables, an
 whether the statements may have changed the database. DDL changes no rows, so a ``CREATE
 TABLE IF NOT EXISTS`` run by every constructor is a change only if the schema version moved.
 
-``SqliteDatabase`` leaves three things to its driver: where the connection comes from, the
-epoch check (``_check_epoch``), and durability (``sync``, ``close``).
+``SqliteDatabase`` leaves to its driver where the connection comes from, the epoch check
+before each commit (``_check_epoch``), what follows a commit (``_committed``: the SQLite
+driver's lazy file), and durability (``sync``, ``close``). Every SQLite error leaves it as a
+``StorageError``: ``SqlError`` from user SQL, else a ``DatabaseError`` (or, for a value past
+SQLite's limits, a plain one).
 """
 
 from __future__ import annotations
@@ -500,8 +503,11 @@ class SqliteDatabase:
 
     def size(self) -> int:
         conn = self._usable()
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise failure(exc) from exc
         return int(pages) * int(size)
 
     # -- the alarm ---------------------------------------------------------------------------------
