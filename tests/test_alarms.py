@@ -182,10 +182,10 @@ async def set_alarm(stub: DurableObjectStub, when: Any) -> None:
 
 async def settle(runtime: Runtime) -> None:
     """Let every alarm run that has started finish, and the loop go quiet."""
-    await wait_for(lambda: not runtime._alarm_runs)
+    await wait_for(lambda: not runtime.alarms.runs)
     for _ in range(20):
         await asyncio.sleep(0)
-    await wait_for(lambda: not runtime._alarm_runs)
+    await wait_for(lambda: not runtime.alarms.runs)
 
 
 async def attempts(n: int) -> None:

@@ -237,7 +237,7 @@ class Chat:
         """The room's connected sockets, by the id in their attachment."""
         return {
             ws.deserialize_attachment()["id"]: ws
-            for ws in self.host(room)._hibernatable
+            for ws in self.host(room).hibernatable
             if ws.ready_state is not ReadyState.CLOSED
         }
 

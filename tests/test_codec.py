@@ -1,4 +1,9 @@
-"""The value codec: exact round trips, strict rejection, safe decoding."""
+"""The value codec: exact round trips, strict rejection, safe decoding.
+
+Every test runs on both implementations: the reference (``opendo.core.codec``, plain Python)
+and the accelerator (``opendo.storage.fastcodec``, msgspec), installed by the ``codec``
+fixture. ``test_codec_impls`` holds them to the same bytes.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -20,6 +26,7 @@ import msgspec
 import pytest
 from msgspec.msgpack import Ext
 
+from opendo.core import codec as core_codec
 from opendo.core.codec import (
     MAX_DEPTH,
     SUPPORTED_TYPES,
@@ -28,6 +35,32 @@ from opendo.core.codec import (
     decode,
     encode,
 )
+from opendo.storage import fastcodec
+
+IMPLEMENTATIONS = ["pure", "msgspec"]
+
+
+def use(implementation: str) -> None:
+    """Make ``encode`` and ``decode`` run on ``implementation``."""
+    if implementation == "msgspec":
+        fastcodec.install()
+    else:
+        core_codec.uninstall()
+
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS)
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The implementation this test runs on (installed for its duration)."""
+    before = core_codec.accelerator()
+    use(request.param)
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            core_codec.uninstall()
+        else:
+            core_codec.install(*before)
+
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -851,10 +884,11 @@ def test_equal_sets_give_equal_bytes() -> None:
     assert encode(frozenset(items)) == encode(frozenset(reversed(items)))
 
 
-def test_bytes_do_not_depend_on_hash_seed() -> None:
+def test_bytes_do_not_depend_on_hash_seed(codec: str) -> None:
     code = (
-        "from opendo.core.codec import encode;"
-        "print(encode({'k': {f'x{i}' for i in range(50)}, 'f': frozenset('abcdef')}).hex())"
+        "from opendo.core import codec; from opendo.storage import fastcodec;"
+        f"{'fastcodec.install()' if codec == 'msgspec' else 'codec.uninstall()'};"
+        "print(codec.encode({'k': {f'x{i}' for i in range(50)}, 'f': frozenset('abcdef')}).hex())"
     )
     outputs = {
         subprocess.run(

@@ -39,7 +39,8 @@ from opendo import (
     WebSocketPair,
 )
 from opendo.core.lifecycle import MAX_START_BACKOFF, TRANSITIONS, Lifecycle, start_backoff
-from opendo.runtime.host import BLOCK_CONCURRENCY_TIMEOUT, ObjectHost
+from opendo.runtime.host import ObjectHost
+from opendo.runtime.state import BLOCK_CONCURRENCY_TIMEOUT
 
 RECV = 5.0  # bound for something that must happen
 IDLE = 10.0
@@ -272,11 +273,11 @@ async def test_the_alarm_of_an_object_that_fails_to_start_follows_the_retry_sche
     await wait_for(lambda: rig.constructions >= 2)
     for _ in range(200):  # the clock jumps timer by timer: retries, timeouts, evictions
         await settle()
-        if not rig.runtime._alarm_runs:
+        if not rig.runtime.alarms.runs:
             break
         assert rig.constructions <= 8, "the alarm runs more often than its retries allow"
         assert rig.clock.jump(), "the alarm waits, but not for the clock"
-    assert not rig.runtime._alarm_runs
+    assert not rig.runtime.alarms.runs
 
     # The first attempt and 6 retries, 2 s apart, doubling (±25%), then it is given up.
     starts = rig.log[1:]

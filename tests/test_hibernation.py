@@ -710,7 +710,7 @@ class ChatRoom:
     def attached_ids(self, room: str) -> list[int]:
         return [
             ws.deserialize_attachment()["id"]
-            for ws in self.host(room)._hibernatable
+            for ws in self.host(room).hibernatable
             if ws.ready_state is not ReadyState.CLOSED
         ]
 

@@ -62,7 +62,7 @@ LAYERS: dict[str, Layer] = {
                           "pytest _pytest pytest_asyncio httpx websockets"),
     "multiprocess": Layer("core api runtime storage server",    ""),
     "cluster":      Layer("core api runtime storage server",    "asyncpg"),
-    "cli":          Layer("project core api storage",           "click"),
+    "cli":          Layer("project admin server core api storage", "click"),
     "admin":        Layer("core storage project",               ""),
 }
 # fmt: on

@@ -31,7 +31,8 @@ from opendo import (
     WebSocket,
     WebSocketPair,
 )
-from opendo.runtime.host import BLOCK_CONCURRENCY_TIMEOUT, Lifecycle, ObjectHost
+from opendo.runtime.host import Lifecycle, ObjectHost
+from opendo.runtime.state import BLOCK_CONCURRENCY_TIMEOUT
 
 IDLE = 10.0
 RECV = 5.0  # bound for something that must happen

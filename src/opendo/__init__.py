@@ -32,11 +32,11 @@ from .core.ids import DurableObjectId
 from .core.migrations import MigrationError
 from .core.storage import SqlError, StorageDriver
 from .project.config import Config, ConfigError, load_config
-from .runtime.host import DurableObjectState
-from .runtime.runtime import Runtime
+from .project.loader import Runtime
+from .project.serve import create_app
+from .runtime.state import DurableObjectState
 from .runtime.stubs import DurableObjectNamespace, DurableObjectStub
 from .server.asgi import App
-from .server.serve import create_app
 from .storage.api import Storage, StorageError, Transaction
 from .storage.memory import MemoryDriver
 from .storage.sql import SqlCursor, SqlStorage

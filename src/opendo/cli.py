@@ -13,7 +13,7 @@ import click
 from .core.errors import StorageError
 from .core.migrations import MigrationError, pending
 from .project.config import ConfigError, check_persist_dir, load_config
-from .runtime.runtime import Runtime
+from .project.loader import Runtime
 from .server.gateway import LIMIT_HELP, Limits
 from .storage.sqlite import check_persist_directory, read_migrations
 
@@ -36,7 +36,7 @@ def _run(
     log_level: str,
     limits: dict[str, Any],
 ) -> None:
-    from .server.serve import serve
+    from .project.serve import serve
 
     try:
         chosen = Limits(**{k: v for k, v in limits.items() if v is not None})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..runtime.host import DurableObjectState
 from .http import Request, Response
 
 __all__ = ["DurableObject", "Env", "ExecutionContext", "WorkerEntrypoint"]
@@ -48,10 +47,10 @@ class DurableObject:
                 return self.count
     """
 
-    ctx: DurableObjectState
+    ctx: Any  # opendo.DurableObjectState
     env: Any
 
-    def __init__(self, ctx: DurableObjectState, env: Any) -> None:
+    def __init__(self, ctx: Any, env: Any) -> None:
         self.ctx = ctx
         self.env = env
 

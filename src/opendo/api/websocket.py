@@ -244,8 +244,9 @@ class WebSocket:
 
             gate.when_clear(release)
 
-    def _shutdown(self, code: int, reason: str) -> None:
-        """Close from the runtime's side, with a code user code may not use (1001, 1011)."""
+    def terminate(self, code: int, reason: str) -> None:
+        """Close from the runtime's side, with a code user code may not use (1001, 1011,
+        1012)."""
         if self._state in (ReadyState.CLOSING, ReadyState.CLOSED):
             return
         self._state = ReadyState.CLOSED
@@ -307,8 +308,15 @@ class WebSocket:
             for listener in list(listeners):
                 _call_listener(listener, event)
 
-    def _bind(self, transport: WebSocketTransport) -> None:
-        """Connect this end to the network (done by the server layer)."""
+    # -- for servers: the client end of a pair, bound to a connection ---------------------
+
+    @property
+    def bound(self) -> bool:
+        """This end is connected to a transport (a network connection)."""
+        return self._transport is not None
+
+    def bind(self, transport: WebSocketTransport) -> None:
+        """Connect this end (the client end the Worker answered with) to the network."""
         if self._accepted:
             raise RuntimeError("an accepted WebSocket end cannot be returned in a Response")
         self._transport = transport
@@ -317,14 +325,15 @@ class WebSocket:
         while pending:
             self._arrive(pending.popleft())
 
-    def _receive(self, data: Data) -> None:
+    def transport_received(self, data: Data) -> None:
         """A message came in from the network on this (bound) end."""
         peer = self._peer
         if peer is not None and self._state is ReadyState.OPEN:
             peer._arrive(MessageEvent(data))
 
-    def _network_closed(self, code: int, reason: str, was_clean: bool) -> None:
-        """The network connection of this (bound) end is gone."""
+    def transport_closed(self, code: int, reason: str, was_clean: bool) -> None:
+        """The network connection of this (bound) end is gone (also: it will never be made,
+        the Response that carried this end is not used)."""
         self._state = ReadyState.CLOSED
         self._transport = None
         peer = self._peer
@@ -333,6 +342,52 @@ class WebSocket:
         if not was_clean:
             peer._arrive(ErrorEvent(ConnectionResetError("the WebSocket connection was lost")))
         peer._arrive(CloseEvent(code, reason, was_clean))
+
+    # -- for the runtime: sockets accepted with ctx.accept_websocket -----------------------
+
+    @property
+    def accepted(self) -> bool:
+        return self._accepted
+
+    @property
+    def hibernatable(self) -> bool:
+        """Accepted with ``ctx.accept_websocket``: its events go to the object's handlers."""
+        return self._hibernatable
+
+    @property
+    def owner(self) -> SocketOwner | None:
+        """The host of the object that accepted this end, if one did."""
+        return self._host
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self._tags
+
+    def accept_hibernatable(self, owner: SocketOwner, tags: tuple[str, ...]) -> None:
+        """Accept this end (the server end of a new pair) for ``owner``'s object, its events
+        for the object's ``web_socket_*`` handlers (``ctx.accept_websocket``)."""
+        if self._accepted or self._transport is not None or self._peer is None:
+            raise RuntimeError(
+                "accept_websocket() takes the server end of a new WebSocketPair, not yet accepted"
+            )
+        self._hibernatable = True
+        self._tags = tags
+        self._accepted = True
+        self._state = ReadyState.OPEN
+        self._host = owner
+        self._drain_pending()
+
+    @property
+    def auto_response_at(self) -> float | None:
+        """When (epoch seconds) the auto-response last answered on this socket."""
+        return self._auto_response_at
+
+    def auto_respond(self, response: str, at: float) -> None:
+        """Answer the auto-response request with ``response``, without waking the object."""
+        self._auto_response_at = at
+        peer = self._peer
+        if peer is not None and self._state is ReadyState.OPEN:
+            peer._arrive(MessageEvent(response))
 
     # -- attachments (hibernation API) ----------------------------------------------------
 

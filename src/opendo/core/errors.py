@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "DurableObjectError",
     "DurableObjectResetError",
+    "OwnerGoneError",
     "DurableObjectStartError",
     "StorageError",
     "as_remote",
@@ -44,6 +46,17 @@ class DurableObjectStartError(DurableObjectError):
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class OwnerGoneError(DurableObjectError):
+    """The process or node that owned the object is gone: the event never reached it (a
+    ``Forwarder`` raises this; the runtime then claims the object again)."""
+
+    retryable = True
+
+
+class ConfigError(Exception):
+    """A problem in the project's configuration; the message says where and what."""
 
 
 class StorageError(Exception):

@@ -47,17 +47,19 @@ class Rpc:
 
 @dataclass(frozen=True, slots=True)
 class Alarm:
-    """The object's alarm, due at ``due`` (epoch ms); ``retry_count`` failures before."""
+    """Run the object's alarm if it is due by ``now`` (epoch ms); ``retry_count`` failures
+    before. Its result: None (no alarm is set), the time it is due (not yet), or True (its
+    handler ran)."""
 
-    due: int
+    now: int
     retry_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class GiveUpAlarm:
-    """The alarm due at ``due`` failed too often: delete it (unless it was moved)."""
+    """The alarm due by ``now`` failed too often: delete it (unless it was moved later)."""
 
-    due: int
+    now: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,11 @@ class DurableObjectId:
         self.name = name
         self._namespace = namespace
 
+    @property
+    def namespace_key(self) -> NamespaceKey:
+        """The key of the namespace this id belongs to."""
+        return self._namespace
+
     def equals(self, other: object) -> bool:
         return self == other
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ConfigError
 from ..core.migrations import Migration, simulate
 
 __all__ = [
@@ -71,10 +72,6 @@ _TOP_KEYS = {
     "compatibility_flags",
 }
 _ENV_KEYS = _TOP_KEYS - {"env", "migrations"}
-
-
-class ConfigError(Exception):
-    """A problem in the project's configuration; the message says where and what."""
 
 
 @dataclass(frozen=True)

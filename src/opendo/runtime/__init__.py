@@ -1,1 +1,2 @@
-"""runtime"""
+"""The asyncio driver of opendo's core: object hosts (activation, event delivery through the
+gates, eviction, hibernation), alarms, namespaces and stubs, wired by the ``Runtime``."""

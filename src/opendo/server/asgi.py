@@ -36,7 +36,6 @@ from .gateway import (
     Limits,
     RequestTooLarge,
     discard_websocket,
-    etag_matches,
 )
 
 __all__ = ["App"]
@@ -48,7 +47,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_etag_matches = etag_matches  # the pytest plugin's name for it
 _HOP_BY_HOP = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions"}
 
 
@@ -177,7 +175,7 @@ class App:
             discard_websocket(response)  # the client left while the Worker decided
             raise
         transport = _AsgiTransport(send)
-        client._bind(transport)
+        client.bind(transport)
         code, reason = 1006, ""
         try:
             while True:
@@ -185,7 +183,9 @@ class App:
                 kind = message["type"]
                 if kind == "websocket.receive":
                     text = message.get("text")
-                    client._receive(text if text is not None else message.get("bytes") or b"")
+                    client.transport_received(
+                        text if text is not None else message.get("bytes") or b""
+                    )
                 elif kind == "websocket.disconnect":
                     code = message.get("code", 1005)
                     reason = message.get("reason") or ""
@@ -194,7 +194,7 @@ class App:
                     break
         finally:
             transport.closed = True
-            client._network_closed(code, reason, was_clean=code not in (1006, 1011, 1012))
+            client.transport_closed(code, reason, was_clean=code not in (1006, 1011, 1012))
 
 
 class _AsgiTransport:

@@ -368,8 +368,8 @@ def discard_websocket(response: Response) -> None:
     """Close the socket a response carries that no connection will take (its object sees an
     abnormal close, as if the client had left)."""
     client = response.web_socket
-    if client is not None and client._transport is None:
-        client._network_closed(1006, "", False)
+    if client is not None and not client.bound:
+        client.transport_closed(1006, "", False)
 
 
 async def asset_response(asset: Asset, request: Request) -> Response:

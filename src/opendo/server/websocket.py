@@ -81,7 +81,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._connections.add(self)
         client = self._client
         assert client is not None
-        client._bind(self)
+        client.bind(self)
 
     def data_received(self, data: bytes) -> None:
         self._parser.feed(data)
@@ -136,7 +136,7 @@ class WebSocketConnection(asyncio.Protocol):
         if opcode == OP_TEXT or opcode == OP_BINARY:
             client = self._client
             if client is not None and not self._close_sent:
-                client._receive(payload)
+                client.transport_received(payload)
         elif opcode == OP_PING:
             self._write(pong_frame(payload))
         elif opcode == OP_CLOSE:
@@ -173,7 +173,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._closed = True
         client, self._client = self._client, None
         if client is not None:
-            client._network_closed(code, reason, clean)
+            client.transport_closed(code, reason, clean)
 
     # -- frames out (WebSocketTransport) ----------------------------------------------------
 

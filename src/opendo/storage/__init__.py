@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from . import fastcodec
 from .api import Storage
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from ..core.storage import StorageDriver
 
 __all__ = ["Storage", "Storages"]
+
+fastcodec.install()  # values are encoded by msgspec's C code, to core.codec's format
 
 
 class Storages:

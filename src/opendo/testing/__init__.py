@@ -152,13 +152,16 @@ from ..api.http import Headers, Request, Response
 from ..api.objects import DurableObject, Env, WorkerEntrypoint
 from ..api.websocket import CloseEvent, MessageEvent, ReadyState, WebSocket
 from ..core.clock import FakeClock
+from ..core.events import Call
 from ..core.ids import DurableObjectId
+from ..core.lifecycle import Lifecycle
 from ..project.config import load_config
-from ..runtime.host import DurableObjectState, Lifecycle, ObjectHost
-from ..runtime.runtime import Runtime
+from ..project.loader import Runtime
+from ..runtime.host import ObjectHost
+from ..runtime.state import DurableObjectState
 from ..runtime.stubs import DurableObjectNamespace, DurableObjectStub
-from ..server.asgi import _etag_matches
-from ..server.assets import Asset, Assets
+from ..server.assets import Assets
+from ..server.gateway import asset_response
 from ..storage.sqlite import SqliteDriver
 
 __all__ = [
@@ -290,20 +293,16 @@ class ProjectFactory:
 
 
 class _TestRuntime(Runtime):
-    """A Runtime that knows which alarm runs wait on the fake clock (between retries), so
-    ``advance()`` waits for the others only."""
+    """A Runtime whose alarm runs ``advance()`` can wait for (those waiting on the fake clock
+    for a retry excepted)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.on_clock: set[asyncio.Task[Any] | None] = set()
+    @property
+    def on_clock(self) -> set[asyncio.Task[Any]]:
+        return self.alarms.sleeping
 
-    async def _sleep(self, seconds: float) -> None:
-        task = asyncio.current_task()
-        self.on_clock.add(task)
-        try:
-            await super()._sleep(seconds)
-        finally:
-            self.on_clock.discard(task)
+    @property
+    def alarm_runs(self) -> list[asyncio.Task[Any]]:
+        return list(self.alarms.runs.values())
 
 
 # -- the project ------------------------------------------------------------------------------
@@ -349,7 +348,7 @@ class Project:
         if self.assets is not None and request.method in ("GET", "HEAD"):
             asset = self.assets.match(urlsplit(request.url).path or "/", request.headers)
             if asset is not None:
-                return _asset_response(asset, request)
+                return await asset_response(asset, request)
         return await self.runtime.fetch(request)
 
     def websocket(self, url: str, *, headers: HeadersInit = None) -> _Connecting:
@@ -408,12 +407,11 @@ class Project:
             assert ctx is not None
             return fn(instance, ctx)
 
-        return await host.call(call)
+        return await host.call(Call(call))
 
     async def run_durable_object_alarm(self, stub: DurableObjectStub) -> bool:
         """Run the object's alarm now, even if it is not due yet; False if none is set."""
-        host = self._host(stub)
-        return await self.runtime.run_alarm(host.namespace, host.id)
+        return await self.runtime.run_alarm(self._check(stub), stub.id)
 
     async def list_durable_object_ids(
         self, namespace: DurableObjectNamespace | str
@@ -450,9 +448,9 @@ class Project:
         host = self._live_host(stub)
         if host is None:
             return False
-        if host._sockets:
+        if host.sockets:
             raise RuntimeError(
-                f"{stub!r} has {len(host._sockets)} open standard WebSocket(s) (ws.accept()); "
+                f"{stub!r} has {len(host.sockets)} open standard WebSocket(s) (ws.accept()); "
                 "an object is evicted only without them (ctx.accept_websocket ones may stay)"
             )
         await self._until_idle([host], within)
@@ -464,11 +462,11 @@ class Project:
     async def evict_all(self, *, within: float = EVICT_TIMEOUT) -> int:
         """Evict every live object once idle, except those with an open standard WebSocket;
         hibernatable WebSockets stay connected. Returns how many instances were dropped."""
-        hosts = [h for h in self.runtime.live_hosts() if not h._sockets]
+        hosts = [h for h in self.runtime.live_hosts() if not h.sockets]
         await self._until_idle(hosts, within)
         dropped = 0
         for host in hosts:
-            if host.state is Lifecycle.EVICTED or host._sockets:
+            if host.state is Lifecycle.EVICTED or host.sockets:
                 continue
             dropped += host.instance is not None
             host.evict()
@@ -501,7 +499,7 @@ class Project:
         deadline = loop.time() + within
         await asyncio.sleep(0)  # alarm runs woken by the clock take their next step
         while True:
-            runs = self._runtime._alarm_runs.values()
+            runs = self._runtime.alarm_runs
             busy = [t for t in runs if not t.done() and t not in self._runtime.on_clock]
             if not busy:
                 break
@@ -544,7 +542,7 @@ class Project:
             raise TypeError(
                 f"expected a namespace (env.NAME) or a binding name, got {type(namespace).__name__}"
             )
-        if namespace.runtime is not self.runtime:
+        if namespace.directory is not self.runtime:
             raise ValueError(f"{namespace!r} belongs to another project")
         return namespace
 
@@ -552,7 +550,7 @@ class Project:
         if not isinstance(stub, DurableObjectStub):
             raise TypeError(f"expected a DurableObjectStub, got {type(stub).__name__}")
         ns = stub._namespace
-        if ns.runtime is not self.runtime:
+        if ns.directory is not self.runtime:
             raise ValueError(f"{stub!r} belongs to another project (another test's?)")
         return ns
 
@@ -577,18 +575,6 @@ def _with_host(headers: HeadersInit, url: str) -> Headers:
     if "host" not in out:
         out.set("host", urlsplit(url).netloc or urlsplit(BASE_URL).netloc)
     return out
-
-
-def _asset_response(asset: Asset, request: Request) -> Response:
-    headers = {
-        "content-type": asset.content_type,
-        "etag": asset.etag,
-        "cache-control": "public, max-age=0, must-revalidate",
-    }
-    if _etag_matches(request.headers.get("if-none-match"), asset.etag):
-        return Response(status=304, headers=headers)
-    body = b"" if request.method == "HEAD" else asset.path.read_bytes()
-    return Response(body, headers={**headers, "content-length": str(asset.size)})
 
 
 # -- the WebSocket client ---------------------------------------------------------------------
@@ -730,7 +716,7 @@ class WebSocketClient:
         sees an error, then a close with code 1006."""
         if not self.closed:
             self.close_code, self.close_reason, self.close_was_clean = 1006, "", False
-            self._ws._network_closed(1006, "", was_clean=False)
+            self._ws.transport_closed(1006, "", was_clean=False)
             self._notify()
 
     async def wait_closed(self, within: float = RECEIVE_TIMEOUT) -> tuple[int, str]:

@@ -150,9 +150,10 @@ from ..api import websocket as _ws
 from ..api.http import Headers
 from ..core import ids as _ids
 from ..core.alarms import AlarmInfo as _AlarmInfo
-from ..project.config import ConfigError
+from ..core.errors import ConfigError
 from ..runtime import stubs as _namespace
-from ..runtime.host import DurableObjectState, current_host
+from ..runtime.host import current_host
+from ..runtime.state import DurableObjectState
 from ..storage import api as _storage
 from ..storage import sql as _sql
 
@@ -246,7 +247,7 @@ class _UnsupportedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         raise error
 
 
-def _install_unsupported_modules() -> None:
+def install_import_hooks() -> None:
     """Make ``import pyodide`` (when no real one is importable) raise
     ``NotSupportedModuleError``; done by opendo when it loads a project."""
     if not any(isinstance(finder, _UnsupportedModules) for finder in sys.meta_path):
@@ -602,7 +603,7 @@ class Date:
     @staticmethod
     def now() -> int:
         host = current_host()
-        seconds = host._clock.time() if host is not None else time.time()
+        seconds = host.clock.time() if host is not None else time.time()
         return int(seconds * 1000)
 
 
@@ -1320,7 +1321,7 @@ class DurableObject(_api.DurableObject):
     ``fetch`` and public methods (RPC) work as on Cloudflare.
     """
 
-    ctx: DurableObjectContext  # type: ignore[assignment]
+    ctx: DurableObjectContext
     env: Any
 
     def __init__(self, ctx: Any, env: Any) -> None:

@@ -1,4 +1,5 @@
-"""Serving a project: ``create_app`` for ASGI servers, and the uvicorn runner of the CLI."""
+"""Serving a project: ``create_app`` for ASGI servers, and the server process of the CLI
+(uvicorn's ``Server`` for sockets, signals and reloading, with opendo's own HTTP protocol)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ from uvicorn.supervisors.watchfilesreload import WatchFilesReload
 from watchfiles import watch
 
 from ..core.clock import Clock
+from ..core.errors import ConfigError
 from ..core.migrations import MigrationError
-from ..project.config import ConfigError, check_persist_dir, load_config
-from ..runtime.runtime import Runtime
+from ..server.asgi import App
+from ..server.assets import Assets
+from ..server.gateway import Limits
+from ..server.http import HttpProtocol
 from ..storage.sqlite import SqliteDriver, StorageDriver
-from .asgi import App
-from .assets import Assets
-from .gateway import Limits
-from .http import HttpProtocol
+from .config import check_persist_dir, load_config
+from .loader import Runtime
 
 __all__ = ["create_app", "serve"]
 
@@ -159,7 +161,7 @@ def serve(
     os.environ[_ENV_PERSIST] = str(persist_to)
     persist_to.mkdir(parents=True, exist_ok=True)
     uv_config = uvicorn.Config(
-        "opendo.server.serve:_app_from_environ",
+        "opendo.project.serve:_app_from_environ",
         factory=True,
         host=host,
         port=port,
