@@ -295,8 +295,8 @@ class GatedDriver(SqliteDriver):
     def release(self) -> None:
         self._open.set()
 
-    def open(self, class_name: str, id: Any) -> Any:
-        db = super().open(class_name, id)
+    def open(self, class_name: str, id: Any, epoch: int = 0) -> Any:
+        db = super().open(class_name, id, epoch)
         self._bind_loop()
         real_flush = db.flush
 

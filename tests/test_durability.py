@@ -560,22 +560,3 @@ async def test_a_reset_during_a_flush_settles_every_held_call(driver: GatedDrive
     for call, value in ((first, 1), (queued, 2)):
         error = call.exception()
         assert isinstance(error, DurableObjectResetError) if error else call.result() == value
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
-def test_a_driver_does_not_open_a_database_whose_flush_failed(kind: str, tmp_path: Path) -> None:
-    from opendo import MemoryDriver
-    from opendo.core.ids import NamespaceKey
-
-    made: SqliteDriver | MemoryDriver = (
-        SqliteDriver(tmp_path / "state") if kind == "sqlite" else MemoryDriver()
-    )
-    key = NamespaceKey("Box")
-    db = made.open("Box", key.from_name("a"))
-    db.mark_failed(OSError("EIO"))
-    db.close()
-    with pytest.raises(
-        StorageError, match=r"Box\(.*\) failed to sync to disk \(OSError\('EIO'\)\)"
-    ):
-        made.open("Box", key.from_name("a"))
-    made.open("Box", key.from_name("b")).close()  # only that one

@@ -18,7 +18,7 @@ from opendo import ConfigError, MemoryDriver, MigrationError, SqliteDriver, load
 from opendo.cli import main
 from opendo.core.ids import NamespaceKey
 from opendo.core.migrations import Migration, MigrationRecord, apply, pending, simulate
-from opendo.storage.sqlite import hold, release
+from opendo.storage.locks import hold, release
 
 # -- a project whose one class keeps notes ------------------------------------------------------
 
@@ -266,23 +266,21 @@ def test_a_damaged_record_is_reported(tmp_path: Path) -> None:
 async def test_the_memory_driver_moves_and_drops_databases() -> None:
     driver = MemoryDriver()
     key = NamespaceKey("Note")
-    driver.open("Note", key.from_name("a")).connection.execute("CREATE TABLE t (x)")
+    db = driver.open("Note", key.from_name("a"))
+    db.begin()
+    db.sql("CREATE TABLE t (x)", ())
+    db.commit()
+    db.close()
     apply(driver, [Migration("v1", new_classes=("Note",))])
     apply(
         driver,
         [Migration("v1", new_classes=("Note",)), Migration("v2", renamed_classes=(("Note", "M"),))],
     )
-    tables = driver.open("M", key.from_name("a")).connection.execute(
-        "SELECT name FROM sqlite_master WHERE name = 't'"
-    )
-    assert tables.fetchall() == [("t",)]
+    moved = driver.inspect("M", key.from_name("a"))
+    assert moved is not None and moved.tables == {"t": 0}
+    assert driver.inspect("Note", key.from_name("a")) is None
     driver.delete_class("M")
-    assert (
-        driver.open("M", key.from_name("a"))
-        .connection.execute("SELECT name FROM sqlite_master WHERE name = 't'")
-        .fetchall()
-        == []
-    )
+    assert driver.inspect("M", key.from_name("a")) is None
 
 
 # -- the list itself ----------------------------------------------------------------------------
@@ -389,7 +387,9 @@ def test_admin_commands_find_a_renamed_class_by_name(tmp_path: Path) -> None:
     driver = SqliteDriver(state)
     apply(driver, [Migration("v1", new_classes=("Note",))])
     db = driver.open("Note", NamespaceKey("Note").from_name("ann"))
-    db.create_file()  # what its first write does: the file, with the name recorded in it
+    db.begin()
+    db.sql("CREATE TABLE t (x)", ())
+    db.commit()  # the first commit that stores something makes the file, with the name in it
     db.close()
     apply(
         driver,

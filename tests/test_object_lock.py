@@ -23,7 +23,7 @@ from conftest import CHAT, run_opendo
 from opendo import SqliteDriver
 from opendo.core.ids import NamespaceKey
 from opendo.core.migrations import MigrationError
-from opendo.storage.sqlite import LOCK_FILE, ObjectInUseError
+from opendo.storage.locks import LOCK_FILE, ObjectInUseError
 
 CHAT_KEY = NamespaceKey("Chat")
 

@@ -38,7 +38,7 @@ from opendo import (
 )
 from opendo.core.codec import decode
 from opendo.runtime.stubs import DurableObjectStub
-from opendo.storage.sqlite import RUNTIME_TABLES
+from opendo.storage.database import RUNTIME_TABLES
 
 MIB = 1024 * 1024
 

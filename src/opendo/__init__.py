@@ -30,14 +30,17 @@ from .core.errors import (
 from .core.gates import GateBrokenError, InputGate, OutputGate
 from .core.ids import DurableObjectId
 from .core.migrations import MigrationError
+from .core.storage import SqlError, StorageDriver
 from .project.config import Config, ConfigError, load_config
 from .project.loader import Runtime
 from .project.serve import create_app
 from .runtime.state import DurableObjectState
 from .runtime.stubs import DurableObjectNamespace, DurableObjectStub
 from .server.asgi import App
-from .storage.api import SqlCursor, SqlError, SqlStorage, Storage, StorageError, Transaction
-from .storage.sqlite import MemoryDriver, SqliteDriver, StorageDriver
+from .storage.api import Storage, StorageError, Transaction
+from .storage.memory import MemoryDriver
+from .storage.sql import SqlCursor, SqlStorage
+from .storage.sqlite import SqliteDriver
 
 __all__ = [
     "AlarmInfo",

@@ -25,7 +25,7 @@ _ATTEMPTS = 5
 class ObjectLocks(Protocol):
     """What placement needs of the storage driver (``SqliteDriver``)."""
 
-    def hold_object(self, class_name: str, id: DurableObjectId | str) -> bool: ...
+    def hold_object(self, class_name: str, id: DurableObjectId | str, epoch: int) -> bool: ...
 
     def release_object(self, class_name: str, id: DurableObjectId | str) -> None: ...
 
@@ -52,9 +52,10 @@ class LockPlacement:
     def claim(self, class_name: str, id: DurableObjectId) -> Claim:
         self._addresses.start()  # reachable before we own anything
         for _ in range(_ATTEMPTS):
-            if self._locks.hold_object(class_name, id):
-                self._epoch += 1
-                return Claim(self._epoch)
+            epoch = self._epoch + 1
+            if self._locks.hold_object(class_name, id, epoch):
+                self._epoch = epoch
+                return Claim(epoch)
             pid = self._locks.holder(class_name, id)
             if pid is not None and pid != self._pid:
                 return Claim(owner=self._addresses.address_of(pid))

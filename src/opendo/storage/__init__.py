@@ -1,5 +1,12 @@
 """Durable storage: the storage API (``ctx.storage``: KV, SQL, transactions, alarms) over one
-database per object, and the drivers that keep the databases (SQLite files; memory)."""
+database per object, and the drivers that keep the databases (SQLite files; memory).
+
+The modules, each of one job: ``api`` (``Storage``, ``Transaction``, ``SyncKV``: the calls and
+their queue), ``keys`` (their arguments), ``calls`` (what they return), ``sql`` (``SqlStorage``,
+``SqlCursor``), ``batches`` (commits and the output gate) — written against the protocols of
+``core.storage`` — and the drivers: ``database`` (an object's database on SQLite, KV and SQL),
+``sqlite`` (``SqliteDriver``: files, sync rounds), ``locks`` (holding objects), ``memory``
+(``MemoryDriver``)."""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from .api import Storage
 if TYPE_CHECKING:
     from ..core.ids import DurableObjectId
     from ..core.protocols import StorageOwner, StoredAlarm
-    from .sqlite import StorageDriver
+    from ..core.storage import StorageDriver
 
 __all__ = ["Storage", "Storages"]
 
@@ -31,7 +38,7 @@ class Storages:
     def open(
         self, owner: StorageOwner, class_name: str, id: DurableObjectId, epoch: int
     ) -> Storage:
-        return Storage(owner, self.driver.open(class_name, id))
+        return Storage(owner, self.driver.open(class_name, id, epoch))
 
     def scan_alarms(self) -> Iterator[StoredAlarm]:
-        return self.driver.scan_alarms()  # type: ignore[return-value]
+        return self.driver.scan_alarms()

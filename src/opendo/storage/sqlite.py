@@ -1,173 +1,149 @@
-"""The storage driver: one SQLite database per object, and its durability barrier.
+"""The SQLite driver: one database file per object, and its durability barrier.
 
-Every object gets its own SQLite database. The object's code talks to it synchronously, on
-the event loop thread: a read or a write is a call into SQLite on a file the OS has cached,
-which takes microseconds and never yields — so nothing else can run between two storage
-calls of one event, and no lock is needed for that.
+Every object gets its own SQLite database, ``<persist>/<Class>/<id>.sqlite`` (the operations
+on it are ``database.SqliteDatabase``'s). The database runs in WAL mode with
+``synchronous=NORMAL``: a ``COMMIT`` appends the transaction's pages to the ``-wal`` file (a
+``write()`` into the OS page cache) without waiting for the disk, and SQLite itself syncs at
+checkpoints. What is slow is making a commit durable, so that happens off the event loop.
 
-What is slow is making a commit durable. The database runs in WAL mode with
-``synchronous=NORMAL``: a ``COMMIT`` appends the transaction's pages to the ``-wal`` file
-(a ``write()`` into the OS page cache) without waiting for the disk, and SQLite itself syncs
-at checkpoints. The runtime then calls ``ObjectDatabase.flush()`` from a worker thread, which
-``fsync``s the WAL file: once it returns, every commit made before it started is on disk, and
-only then does the output gate let the results of those writes leave the process. Many
-commits made while one flush runs share the next flush (group commit).
+*Sync rounds.* ``sync(commit, done)`` of every database of an event loop goes to one
+``_Rounds``: it fsyncs every database waiting, in one job on a thread of its own (each
+database's ``flush()``: an fsync of its WAL file, and — for a new file — of the file and its
+directories), then answers them all; the databases that ask meanwhile form the next round.
+A round covers the commits each of its databases had made when it started; a database whose
+waiters asked for later commits goes into the next round. Two rounds may run at once, so a
+quiet object waits for no queue, and under load one thread handoff serves many objects.
 
-A database appears on disk with the first commit that leaves something in it: until then it
-lives in memory, so an object that only read (or only answered a request) leaves no file. A
-process holds each object it has open with a byte-range lock in one lock file per persist
-directory (``hold()``), so a second server, or an admin command, cannot write it meanwhile.
+*Lazy files.* A database whose file does not exist yet starts in memory (``file_pending``):
+reads see an empty database, and the first commit that leaves something stored moves it into
+its file (and makes the class directory, if this is the class's first). So an object that
+never stored anything leaves nothing on disk.
 
-``StorageDriver`` is the boundary tests may replace: a driver opens databases, and a
-database's ``flush()`` is the one call that decides durability. ``SqliteDriver`` keeps files
-under the persist directory; ``MemoryDriver`` keeps databases in memory (for tests of user
-code, where durability is not the point).
+*Holding and fencing.* A handle holds its object (``locks.hold``) from open until it is
+closed and its last sync has returned, so a second server, or an admin command that would
+write, cannot write it meanwhile; before each commit it asks ``locks.lost`` whether it still
+may. After a failed fsync, what was committed last may not be on disk and yet reads would see
+it: the driver opens that object no more until the process restarts, as a database server
+stops rather than serve what a failed fsync may have lost.
+
+``flush()`` is the one blocking call that decides durability: tests that hold or fail
+durability wrap it (tests/conftest.py's ``GatedDriver``).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
+import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
 import sqlite3
-import struct
-import sys
-import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
-from ..core.errors import StorageError, StorageUnavailableError
+from ..core.errors import StorageError
 from ..core.ids import DurableObjectId
 from ..core.migrations import MigrationError, MigrationRecord
+from ..core.protocols import StoredAlarm
+from ..core.storage import DatabaseError, Done, FencedError, ObjectContents, StoredObject
+from ..core.storage import StorageDriver as StorageDriver
+from . import locks
+from .database import (
+    SqliteDatabase,
+    connect,
+    contents,
+    describe,
+    is_export,
+    prepare,
+    set_name,
+    unavailable,
+)
+from .locks import ObjectInUseError as ObjectInUseError
+from .memory import MemoryDriver as MemoryDriver
+
+# ``X as X`` above: names the runtime, the server and the CLI import from here, whose homes
+# are core.storage, storage.memory and storage.locks.
 
 __all__ = [
-    "ALARM_TABLE",
-    "KV_TABLE",
-    "MemoryDriver",
-    "ObjectDatabase",
+    "MIGRATIONS_FILE",
     "SqliteDriver",
-    "StorageDriver",
-    "StoredAlarm",
+    "check_persist_directory",
+    "read_migrations",
 ]
 
-KV_TABLE = "_opendo_kv"
-META_TABLE = "_opendo_meta"
-ALARM_TABLE = "_opendo_alarm"
-RUNTIME_TABLES = frozenset({KV_TABLE, META_TABLE, ALARM_TABLE})
-RESERVED_PREFIX = "_opendo_"
-
-MAX_VALUE_BYTES = 2 * 1024 * 1024  # a string, blob or row; as Cloudflare's SQLite limit
-MAX_SQL_LENGTH = 100_000
-MAX_COLUMNS = 100
-MAX_INTERNAL_VARIABLES = 512  # our own multi-key statements; users get MAX_BINDINGS
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {KV_TABLE} (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS {ALARM_TABLE} (
-    id INTEGER PRIMARY KEY CHECK (id = 1), time_ms INTEGER NOT NULL);
-"""
-
-# Pragmas user SQL may run: the read-only, introspective ones.
-_USER_PRAGMAS = frozenset(
-    {
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_list",
-        "index_info",
-        "index_xinfo",
-        "foreign_key_list",
-        "foreign_key_check",
-        "quick_check",
-        "integrity_check",
-        "data_version",  # FTS5 reads it
-    }
-)
-_READ_ACTIONS = frozenset(
-    {
-        sqlite3.SQLITE_SELECT,
-        sqlite3.SQLITE_READ,
-        sqlite3.SQLITE_FUNCTION,
-        sqlite3.SQLITE_RECURSIVE,
-    }
-)
+_LANES = 2  # sync rounds in flight at once
 
 
-class ObjectDatabase:
-    """One object's SQLite connection, with the guard that keeps user SQL in its lane.
+class FileDatabase(SqliteDatabase):
+    """One object's database file, held by this process while the handle is open."""
 
-    While ``user_sql`` is set, the authorizer refuses transaction control (the runtime owns
-    transactions), ATTACH/DETACH, pragmas other than introspection, and any access to the
-    runtime's own ``_opendo_*`` tables; ``refused`` then says why, and ``wrote`` records
-    whether the statement may change the database.
-
-    A database whose file does not exist yet starts in memory (``file_pending``): reads see
-    an empty database, and the file is made by ``create_file()`` with the first commit that
-    leaves something stored (``holds_nothing()`` is false). So an object that never stored
-    anything leaves nothing on disk.
-    """
-
-    def __init__(self, path: Path | None, name: str | None = None) -> None:
-        self.path = path
-        # Where the driver keeps the databases whose flush failed (see mark_failed).
-        self.failures: dict[str, str] | None = None
-        self.failure_key = str(path)
-        self.user_sql = False
-        self.refused: str | None = None
-        self.wrote = False
-        self._synced_once = path is None
-        self._new_directory = False  # create_file() made the class directory
-        self._wal_fd: int | None = None
-        # Held while this process has the object open: a second server, or an admin command
-        # that would write, finds it taken (see hold()).
-        self._held = path is not None
-        if path is not None:
-            hold(path)
+    def __init__(
+        self,
+        path: Path,
+        label: str,
+        name: str | None,
+        epoch: int,
+        failures: dict[str, str],
+    ) -> None:
+        self._held = locks.hold(path, epoch)
         try:
-            self.file_pending = path is not None and not path.exists()
-            conn = self.connection = _connect(None if self.file_pending else path)
+            self.file_pending = not path.exists()
+            conn = connect(None if self.file_pending else str(path))
             try:
-                conn.executescript(_SCHEMA)
-                if name is not None:
-                    conn.execute(
-                        f"INSERT OR IGNORE INTO {META_TABLE} (key, value) VALUES ('name', ?)",
-                        (name,),
-                    )
-                conn.set_authorizer(self._authorize)
+                prepare(conn, name)
             except BaseException:
                 conn.close()
                 raise
+        except sqlite3.Error as exc:
+            locks.release(path)
+            raise DatabaseError(f"cannot open {path}: {exc}") from exc
         except BaseException:
-            if path is not None:
-                release(path)
+            locks.release(path)
             raise
+        super().__init__(conn, epoch, label)
+        self.path = path
+        self.failures = failures  # the driver's: databases whose sync failed, and why
+        self.durable = 0  # every commit up to this one is durable
+        self.waiting: list[tuple[int, Done]] = []
+        self.in_round = False  # waiting for a round, or in one
+        self._released = False
+        self._synced_once = False
+        self._new_directory = False  # the first commit made the class directory
+        self._wal_fd: int | None = None
 
-    def holds_nothing(self) -> bool:
-        """No key, no alarm, no table of the user's: what a database that is not there holds."""
-        row = self.connection.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {KV_TABLE}) OR EXISTS (SELECT 1 FROM {ALARM_TABLE})"
-            " OR EXISTS (SELECT 1 FROM sqlite_master WHERE substr(name, 1, ?) != ?"
-            " AND substr(name, 1, 7) != 'sqlite_')",
-            (len(RESERVED_PREFIX), RESERVED_PREFIX),
-        ).fetchone()
-        return not row[0]
+    def _check_epoch(self) -> None:
+        why = locks.lost(self._held, self.epoch)
+        if why is not None:
+            raise FencedError(
+                f"the storage of {self.label} refused a commit: {why}; nothing of it was stored"
+            )
 
-    def create_file(self) -> None:
+    def _committed(self) -> None:
+        if not self.file_pending:
+            return
+        try:
+            if self.holds_nothing():
+                self.durable = self.commits  # as stored as it gets: no file, nothing in it
+                return
+            self._create_file()
+        except (sqlite3.Error, OSError, StorageError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.broken = DatabaseError(f"{reason} (creating {self.path})")
+            raise self.broken from exc
+
+    def _create_file(self) -> None:
         """The first commit that wrote: the database moves from memory into its file (and
         its class directory, if this is the class's first). On failure nothing is left."""
         path = self.path
-        assert path is not None and self.file_pending
+        if path.exists():
+            raise StorageError("another handle of the object created its file meanwhile")
         directory = path.parent
         made_directory = not directory.is_dir()
         if made_directory:
             directory.mkdir()
         try:
-            conn = _connect(path)
+            conn = connect(str(path))
             try:
                 self.connection.backup(conn)
             except BaseException:
@@ -182,306 +158,399 @@ class ObjectDatabase:
                 except OSError:
                     pass
             raise
-        conn.set_authorizer(self._authorize)
+        conn.set_authorizer(self.guard.authorize)
         self.connection.close()
         self.connection = conn
         self.file_pending = False
         self._new_directory = made_directory
 
-    def _authorize(
-        self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None
-    ) -> int:
-        if not self.user_sql:
-            return sqlite3.SQLITE_OK
-        if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
-            self.refused = (
-                "BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not allowed in sql.exec(): "
-                "the runtime commits your writes; use storage.transaction_sync() to group them"
-            )
-            return sqlite3.SQLITE_DENY
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            self.refused = "ATTACH and DETACH are not allowed in sql.exec()"
-            return sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_PRAGMA:
-            argument = (arg2 or "").strip("\"'`[] ").lower()
-            if (arg1 or "").lower() in _USER_PRAGMAS and not argument.startswith(RESERVED_PREFIX):
-                return sqlite3.SQLITE_OK
-            self.refused = f"PRAGMA {arg1} is not allowed in sql.exec()"
-            return sqlite3.SQLITE_DENY
-        for name in (arg1, arg2):
-            if name and name.lower().startswith(RESERVED_PREFIX):
-                self.refused = f"{name} is reserved for the runtime and cannot be used in SQL"
-                return sqlite3.SQLITE_DENY
-        if action not in _READ_ACTIONS:
-            self.wrote = True
-        return sqlite3.SQLITE_OK
+    # -- the barrier ----------------------------------------------------------------------------
+
+    def sync(self, commit: int, done: Done) -> None:
+        if self._closed:
+            raise StorageError(f"the database of {self.label} was synced after it was closed")
+        if self.broken is not None:
+            asyncio.get_running_loop().call_soon(done, self.broken)
+        elif commit <= self.durable:
+            asyncio.get_running_loop().call_soon(done, None)
+        else:
+            self.waiting.append((commit, done))
+            if not self.in_round:
+                _rounds().add(self)
 
     def flush(self) -> None:
-        """Block until every commit made so far is on disk. Runs in a worker thread."""
-        if self.path is None or self.file_pending:
+        """Block until every commit made so far is on disk. Runs in a round's thread."""
+        if self.file_pending:
             return
         if self._wal_fd is None:
-            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         os.fsync(self._wal_fd)
         if not self._synced_once:
             # A new database: its file and its -wal file must also be found after a crash.
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             if self._new_directory:
-                _fsync_dir(self.path.parent.parent)
+                fsync_dir(self.path.parent.parent)
             self._synced_once = True
 
-    def mark_failed(self, error: BaseException) -> None:
-        """Its flush failed: what it committed last may not be on disk, and yet reads would
-        see it. The driver opens it no more (until the process restarts), as a database
-        server stops rather than serve what a failed fsync may have lost."""
-        if self.failures is not None:
-            self.failures[self.failure_key] = repr(error)
+    def round_done(self, target: int, error: BaseException | None) -> None:
+        """A round that covered the commits up to ``target`` returned."""
+        self.in_round = False
+        if error is None:
+            self.durable = max(self.durable, target)
+            ready = [done for commit, done in self.waiting if commit <= target]
+            self.waiting = [(c, d) for c, d in self.waiting if c > target]
+        else:
+            self.failures[str(self.path)] = repr(error)
+            self.broken = unavailable(self.label, repr(error))
+            ready = [done for _, done in self.waiting]
+            self.waiting = []
+        if self.waiting:
+            _rounds().add(self)  # commits made after the round started
+        elif self._closed:
+            self._let_go()
+        for done in ready:
+            done(error)
+
+    # -- lifetime ---------------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._closed:
+            return
+        super().close()
+        if not self.in_round:
+            self._let_go()
+
+    def _let_go(self) -> None:
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
         self.connection.close()
-        if self._held and self.path is not None:
-            self._held = False
-            release(self.path)
+        if not self._released:
+            self._released = True
+            locks.release(self.path)
 
 
-def _connect(path: Path | None) -> sqlite3.Connection:
-    """A connection to the database file at ``path`` (WAL mode), or to a new one in memory."""
-    target = str(path) if path is not None else ":memory:"
-    conn = sqlite3.connect(
-        target, isolation_level=None, check_same_thread=False, cached_statements=256
-    )
-    try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        if path is not None:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        # Room for a record's header: the limit checked in Python is what callers meet.
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES + 1024)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_INTERNAL_VARIABLES)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+class _Rounds:
+    """Syncs databases in rounds: see "Sync rounds" above."""
 
+    __slots__ = ("loop", "waiting", "running")
 
-# -- holding an object: one lock file per persist directory ------------------------------------
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[FileDatabase] = []
+        self.running = 0
 
+    def add(self, db: FileDatabase) -> None:
+        db.in_round = True
+        self.waiting.append(db)
+        if self.running < _LANES:
+            self._round()
 
-class ObjectInUseError(Exception):
-    """Another process holds this object (a running server)."""
+    def _round(self) -> None:
+        batch, self.waiting = self.waiting, []
+        targets = [db.commits for db in batch]
+        self.running += 1
+        future = self.loop.run_in_executor(_sync_threads(), _flush_all, batch)
+        future.add_done_callback(lambda f: self._finished(f, batch, targets))
 
-
-LOCK_FILE = "objects.lock"
-
-
-class _LockFile:
-    """This process's one open descriptor of a persist directory's lock file, and what it
-    holds there: each object (by offset) with how many opens share it, each class (by
-    offset) with how many of its objects are held, and the classes held exclusively."""
-
-    __slots__ = ("fd", "objects", "classes", "exclusive")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.objects: dict[int, int] = {}
-        self.classes: dict[int, int] = {}
-        self.exclusive: set[int] = set()
-
-    def empty(self) -> bool:
-        return not self.objects and not self.exclusive
-
-
-_lock_files: dict[str, _LockFile] = {}  # persist directory (real path) -> its lock file
-_lock_mutex = threading.Lock()
-
-
-def _offset(*parts: str) -> int:
-    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 2  # 62 bits: a positive off_t, with room for 1
-
-
-def _lock_place(path: Path) -> tuple[Path, int, int]:
-    """For an object's database path ``<persist>/<Class>/<id>.sqlite``: the persist
-    directory, and the bytes of the object and of its class in the lock file."""
-    class_name = path.parent.name
-    return path.parent.parent, _offset(class_name, path.stem), _offset("class", class_name)
-
-
-def _lock_file(persist: Path) -> tuple[str, _LockFile]:
-    """This process's lock file of ``persist`` (opened, and the directory made, if needed)."""
-    key = os.path.realpath(persist)
-    lock_file = _lock_files.get(key)
-    if lock_file is None:
-        try:
-            persist.mkdir(parents=True, exist_ok=True)
-            fd = os.open(persist / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot open {persist / LOCK_FILE} to hold objects there: "
-                f"{exc.strerror or exc}; the persist directory must be writable"
-            ) from None
-        lock_file = _lock_files[key] = _LockFile(fd)
-    return key, lock_file
-
-
-def _done_with(key: str, lock_file: _LockFile) -> None:
-    if lock_file.empty():
-        os.close(lock_file.fd)  # it holds nothing more: closing drops nothing still wanted
-        del _lock_files[key]
-
-
-def _try_lock(lock_file: _LockFile, offset: int, exclusive: bool) -> int | None:
-    """Lock one byte without waiting: None if it is ours now, else the pid in the way (0 if
-    unknown)."""
-    kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    try:
-        fcntl.lockf(lock_file.fd, kind | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
-        return _lock_holder(lock_file.fd, offset) or 0
-    return None
-
-
-def _unlock(lock_file: _LockFile, offset: int) -> None:
-    fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
-
-
-def _by(pid: int) -> str:
-    return f"pid {pid}: a running opendo server?" if pid else "a running opendo server?"
-
-
-def hold(path: Path) -> None:
-    """Hold an object for this process, or raise ObjectInUseError.
-
-    An exclusive POSIX record lock (``fcntl`` F_SETLK) on one byte of ``<persist>/
-    objects.lock``, at an offset derived from the object's class and id, so holding needs no
-    file of the object's own; and a shared lock on its class's byte, which a migration
-    renaming or deleting the class takes exclusively (``_holding_all``). Record locks belong
-    to the process, and closing *any* descriptor of the file drops all of them: so the
-    process opens the lock file once and keeps that descriptor while it holds anything there
-    (it is closed when the last hold ends), and opens of one object in this process (an
-    instance reset while its last flush runs and the next one overlap) share the lock by
-    count. The operating system drops the locks when the process dies, so a crashed server
-    never leaves an object held.
-    """
-    persist, offset, class_offset = _lock_place(path)
-    with _lock_mutex:
-        key, lock_file = _lock_file(persist)
-        count = lock_file.objects.get(offset, 0)
-        if count == 0:
-            if class_offset in lock_file.exclusive:
-                raise ObjectInUseError(f"{path}: its class is being migrated in this process")
-            classes = lock_file.classes.get(class_offset, 0)
-            if classes == 0 and (pid := _try_lock(lock_file, class_offset, False)) is not None:
-                _done_with(key, lock_file)
-                raise ObjectInUseError(
-                    f"{path}: its class is being renamed or deleted by another process ({_by(pid)})"
-                )
-            if (pid := _try_lock(lock_file, offset, True)) is not None:
-                if classes == 0:
-                    _unlock(lock_file, class_offset)
-                _done_with(key, lock_file)
-                raise ObjectInUseError(f"{path} is held by another process ({_by(pid)})")
-            lock_file.classes[class_offset] = classes + 1
-        lock_file.objects[offset] = count + 1
-
-
-def release(path: Path) -> None:
-    persist, offset, class_offset = _lock_place(path)
-    with _lock_mutex:
-        key = os.path.realpath(persist)
-        lock_file = _lock_files[key]
-        count = lock_file.objects.pop(offset)
-        if count > 1:
-            lock_file.objects[offset] = count - 1
-            return
-        classes = lock_file.classes.pop(class_offset) - 1
-        if classes:
-            lock_file.classes[class_offset] = classes
-        if lock_file.empty():
-            _done_with(key, lock_file)  # drops both locks
-            return
-        _unlock(lock_file, offset)
-        if not classes:
-            _unlock(lock_file, class_offset)
-
-
-def hold_class(persist: Path, class_name: str) -> None:
-    """Hold every object of a class, stored or not (to rename or delete the class), or raise
-    ObjectInUseError: an exclusive lock on the class's byte, which every ``hold`` of one of
-    its objects shares."""
-    class_offset = _offset("class", class_name)
-    with _lock_mutex:
-        key, lock_file = _lock_file(persist)
-        if lock_file.classes.get(class_offset) or class_offset in lock_file.exclusive:
-            raise ObjectInUseError(f"an object of class {class_name!r} is open in this process")
-        if (pid := _try_lock(lock_file, class_offset, True)) is not None:
-            _done_with(key, lock_file)
-            raise ObjectInUseError(
-                f"an object of class {class_name!r} is held by another process ({_by(pid)})"
-            )
-        lock_file.exclusive.add(class_offset)
-
-
-def release_class(persist: Path, class_name: str) -> None:
-    class_offset = _offset("class", class_name)
-    with _lock_mutex:
-        key = os.path.realpath(persist)
-        lock_file = _lock_files[key]
-        lock_file.exclusive.remove(class_offset)
-        if lock_file.empty():
-            _done_with(key, lock_file)
+    def _finished(
+        self,
+        future: asyncio.Future[list[BaseException | None]],
+        batch: list[FileDatabase],
+        targets: list[int],
+    ) -> None:
+        self.running -= 1
+        if future.cancelled():
+            errors: list[BaseException | None] = [asyncio.CancelledError()] * len(batch)
+        elif (failure := future.exception()) is not None:
+            errors = [failure] * len(batch)
         else:
-            _unlock(lock_file, class_offset)
+            errors = future.result()
+        for db, target, error in zip(batch, targets, errors, strict=True):
+            db.round_done(target, error)
+        if self.waiting and self.running < _LANES:
+            self._round()
 
 
-def holder_of(path: Path) -> int | None:
-    """The pid of the process that holds the object of ``path``, or None."""
-    persist, offset, _ = _lock_place(path)
-    with _lock_mutex:
-        lock_file = _lock_files.get(os.path.realpath(persist))
-        if lock_file is not None:
-            if offset in lock_file.objects:
-                return os.getpid()  # F_GETLK does not report this process's own locks
-            return _lock_holder(lock_file.fd, offset)
+def _flush_all(databases: list[FileDatabase]) -> list[BaseException | None]:
+    """One round, in a sync thread: each database's fsync, and how it went."""
+    errors: list[BaseException | None] = []
+    for db in databases:
         try:
-            fd = os.open(persist / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
+            db.flush()
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
+
+
+_all_rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Rounds] = (
+    weakref.WeakKeyDictionary()
+)
+_threads: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _rounds() -> _Rounds:
+    loop = asyncio.get_running_loop()
+    rounds = _all_rounds.get(loop)
+    if rounds is None:
+        rounds = _all_rounds[loop] = _Rounds(loop)
+    return rounds
+
+
+def _sync_threads() -> concurrent.futures.ThreadPoolExecutor:
+    if not _threads:
+        _threads.append(
+            concurrent.futures.ThreadPoolExecutor(_LANES, thread_name_prefix="opendo-sync")
+        )
+    return _threads[0]
+
+
+# -- the driver ------------------------------------------------------------------------------------
+
+
+class SqliteDriver:
+    """Databases as files: ``<persist>/<ClassName>/<id>.sqlite``."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.failures: dict[str, str] = {}  # databases whose sync failed, and why
+
+    def path_of(self, class_name: str, id: DurableObjectId | str) -> Path:
+        return self.directory / class_name / f"{id}.sqlite"
+
+    def open(self, class_name: str, id: DurableObjectId, epoch: int = 0) -> FileDatabase:
+        path = self.path_of(class_name, id)
+        label = f"{class_name}({id})"
+        if (why := self.failures.get(str(path))) is not None:
+            raise unavailable(label, why)
+        return FileDatabase(path, label, id.name, epoch, self.failures)
+
+    def hold_object(self, class_name: str, id: DurableObjectId | str, epoch: int) -> bool:
+        """Hold the object for this process and ``epoch`` (True), unless another process holds
+        it (False); what placement claims with. Each hold is released once."""
         try:
-            return _lock_holder(fd, offset)
+            locks.hold(self.path_of(class_name, id), epoch)
+        except locks.ObjectInUseError:
+            return False
+        return True
+
+    def release_object(self, class_name: str, id: DurableObjectId | str) -> None:
+        locks.release(self.path_of(class_name, id))
+
+    def holder(self, class_name: str, id: DurableObjectId | str) -> int | None:
+        """The pid of the process that holds this object (has it open), or None."""
+        return locks.holder_of(self.path_of(class_name, id))
+
+    # -- what is stored ---------------------------------------------------------------------------
+
+    def _describe(self, class_name: str, path: Path) -> StoredObject | None:
+        try:
+            size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+            conn = connect(str(path), read_only=True)
+        except (OSError, sqlite3.Error):
+            return None  # gone meanwhile, or not a database
+        try:
+            return describe(conn, class_name, path.stem, size)
         finally:
-            os.close(fd)  # this process holds nothing there: closing drops nothing
+            conn.close()
+
+    def objects(self, class_name: str | None = None) -> Iterator[StoredObject]:
+        if not self.directory.is_dir():
+            return
+        for class_dir in sorted(self.directory.iterdir()):
+            if not class_dir.is_dir() or (class_name is not None and class_dir.name != class_name):
+                continue
+            for file in sorted(class_dir.glob("*.sqlite")):
+                stored = self._describe(class_dir.name, file)
+                if stored is not None:
+                    yield stored
+
+    def stored(self, class_name: str, id: DurableObjectId | str) -> StoredObject | None:
+        path = self.path_of(class_name, id)
+        return self._describe(class_name, path) if path.exists() else None
+
+    def scan_alarms(self) -> Iterator[StoredAlarm]:
+        for stored in self.objects():
+            if stored.alarm_ms is not None:
+                yield StoredAlarm(stored.class_name, stored.id, stored.name, stored.alarm_ms)
+
+    def inspect(self, class_name: str, id: DurableObjectId | str) -> ObjectContents | None:
+        stored = self.stored(class_name, id)
+        if stored is None:
+            return None
+        conn = connect(str(self.path_of(class_name, id)), read_only=True)
+        try:
+            return contents(conn, stored)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot read {class_name}({id}): {exc}") from exc
+        finally:
+            conn.close()
+
+    def export_to(
+        self, class_name: str, id: DurableObjectId | str, path: str | os.PathLike[str]
+    ) -> None:
+        """A consistent snapshot through SQLite's backup API: safe while a server writes."""
+        target = Path(path)
+        if self.stored(class_name, id) is None:
+            raise StorageError(f"{class_name}({id}) has nothing stored to export")
+        if target.exists():
+            raise StorageError(f"{target} exists; an export is written to a new file")
+        source = connect(str(self.path_of(class_name, id)), read_only=True)
+        try:
+            copy = sqlite3.connect(target)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        except sqlite3.Error as exc:
+            target.unlink(missing_ok=True)
+            raise DatabaseError(f"cannot export {class_name}({id}) to {target}: {exc}") from exc
+        finally:
+            source.close()
+
+    def import_from(
+        self,
+        class_name: str,
+        id: DurableObjectId | str,
+        name: str | None,
+        path: str | os.PathLike[str],
+        *,
+        replace: bool = False,
+    ) -> str:
+        source = Path(path)
+        try:
+            conn = connect(str(source), read_only=True)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{source} is not an opendo object export: {exc}") from None
+        try:
+            why = is_export(conn)
+        finally:
+            conn.close()
+        if why is not None:
+            raise StorageError(f"{source} is not an opendo object export ({why})")
+        target = self.path_of(class_name, id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not replace and self.stored(class_name, id) is not None:
+            raise StorageError(f"{class_name}({id}) exists; it is replaced only when asked to")
+        locks.hold(target, alone=True)
+        try:
+            for extra in (Path(f"{target}-wal"), Path(f"{target}-shm")):
+                extra.unlink(missing_ok=True)
+            tmp = target.with_suffix(".importing")
+            shutil.copyfile(source, tmp)
+            conn = sqlite3.connect(tmp)
+            try:
+                set_name(conn, name)  # the name it had where it was exported is not its name here
+            finally:
+                conn.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            tmp.replace(target)
+            fsync_dir(target.parent)
+        finally:
+            locks.release(target)
+        return str(target)
+
+    def delete(self, class_name: str, id: DurableObjectId | str) -> bool:
+        path = self.path_of(class_name, id)
+        if not path.exists():
+            return False
+        locks.hold(path, alone=True)
+        try:
+            for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                file.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        finally:
+            locks.release(path)
+        return True
+
+    # -- migrations ---------------------------------------------------------------------------
+
+    @property
+    def migrations_file(self) -> Path:
+        return self.directory / MIGRATIONS_FILE
+
+    def read_migrations(self) -> MigrationRecord:
+        return read_migrations(self.directory)
+
+    def write_migrations(self, record: MigrationRecord) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.migrations_file.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record.to_json(), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.migrations_file)
+        fsync_dir(self.directory)
+
+    def rename_class(self, old: str, new: str) -> None:
+        source, target = self.directory / old, self.directory / new
+        with _holding_all(self.directory, old, f"rename class {old!r} to {new!r}"):
+            if not source.is_dir():
+                return  # no object of it was stored (or a run before a crash moved them)
+            if target.is_dir():
+                if any(target.iterdir()):
+                    raise MigrationError(
+                        f"cannot rename class {old!r} to {new!r}: {target} already holds "
+                        f"objects of a class named {new!r}; move or delete them first"
+                    )
+                target.rmdir()
+            source.rename(target)
+            fsync_dir(self.directory)
+
+    def delete_class(self, name: str) -> None:
+        directory = self.directory / name
+        with _holding_all(self.directory, name, f"delete class {name!r}"):
+            if not directory.is_dir():
+                return
+            shutil.rmtree(directory)
+            fsync_dir(self.directory)
 
 
-# struct flock, as F_GETLK reads and writes it
-_FLOCK = "qqihh" if sys.platform == "darwin" else "hhqqi4x"
+class _holding_all:
+    """Hold every object of a class, stored or only open in memory, or fail saying what is
+    in use (``locks.hold_class``)."""
+
+    def __init__(self, persist: Path, class_name: str, doing: str) -> None:
+        self.persist = persist
+        self.class_name = class_name
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        try:
+            locks.hold_class(self.persist, self.class_name)
+        except ObjectInUseError as exc:
+            raise MigrationError(f"cannot {self.doing}: {exc}") from None
+
+    def __exit__(self, *exc: object) -> None:
+        locks.release_class(self.persist, self.class_name)
 
 
-def _lock_holder(fd: int, offset: int) -> int | None:
-    if sys.platform == "darwin":
-        probe = struct.pack(_FLOCK, offset, 1, 0, fcntl.F_WRLCK, os.SEEK_SET)
-    else:
-        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-    answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
-    if sys.platform == "darwin":
-        _, _, pid, kind, _ = struct.unpack(_FLOCK, answer)
-    else:
-        kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
-    return None if kind == fcntl.F_UNLCK else int(pid)
+MIGRATIONS_FILE = "migrations.json"
 
+
+def read_migrations(directory: Path) -> MigrationRecord:
+    """What the persist directory records of applied migrations (nothing, if it is new)."""
+    file = directory / MIGRATIONS_FILE
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return MigrationRecord()
+    try:
+        return MigrationRecord.from_json(json.loads(text))
+    except ValueError as exc:
+        raise MigrationError(f"{file}: not a migration record ({exc})") from None
+
+
+# -- the persist directory -----------------------------------------------------------------------
 
 PROBE_BYTES = 4096
 
@@ -502,7 +571,7 @@ def check_persist_directory(directory: Path) -> None:
         finally:
             os.close(fd)
         os.unlink(probe)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         try:
             probe.unlink(missing_ok=True)
@@ -514,234 +583,9 @@ def check_persist_directory(directory: Path) -> None:
         ) from None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class StoredAlarm(NamedTuple):
-    class_name: str
-    id: str  # 64 hex digits
-    name: str | None
-    time_ms: int
-
-
-class StorageDriver(Protocol):
-    """Opens the database of one object. Implementations: SqliteDriver, MemoryDriver."""
-
-    def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase: ...
-
-    def scan_alarms(self) -> Iterator[StoredAlarm]:
-        """Every stored alarm, of every object (read when the runtime starts)."""
-        ...
-
-    # Migrations (see _migrations.apply): what was applied, and the two steps that move data.
-
-    def read_migrations(self) -> MigrationRecord: ...
-
-    def write_migrations(self, record: MigrationRecord) -> None: ...
-
-    def rename_class(self, old: str, new: str) -> None:
-        """Every object of class ``old`` becomes one of ``new``, with its data."""
-        ...
-
-    def delete_class(self, name: str) -> None:
-        """Remove every object of class ``name`` and its data."""
-        ...
-
-
-def _read_alarm(conn: sqlite3.Connection) -> tuple[int | None, str | None]:
-    try:
-        alarm = conn.execute(f"SELECT time_ms FROM {ALARM_TABLE}").fetchone()
-        name = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'name'").fetchone()
-    except sqlite3.OperationalError:
-        return None, None  # a database from before alarms existed, or not ours
-    return (alarm[0] if alarm else None), (name[0] if name else None)
-
-
-def _unavailable(class_name: str, id: DurableObjectId, why: str) -> StorageUnavailableError:
-    return StorageUnavailableError(
-        f"the storage of {class_name}({id}) failed to sync to disk ({why}); what it wrote "
-        "last may not be on disk, so it is not read again: the object is unavailable until "
-        "the server restarts"
-    )
-
-
-class SqliteDriver:
-    """Databases as files: ``<persist>/<ClassName>/<id>.sqlite``."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.failures: dict[str, str] = {}  # databases whose flush failed, and why
-
-    def path_of(self, class_name: str, id: DurableObjectId | str) -> Path:
-        return self.directory / class_name / f"{id}.sqlite"
-
-    def scan_alarms(self) -> Iterator[StoredAlarm]:
-        if not self.directory.is_dir():
-            return
-        for class_dir in sorted(self.directory.iterdir()):
-            if not class_dir.is_dir():
-                continue
-            for file in sorted(class_dir.glob("*.sqlite")):
-                conn = sqlite3.connect(str(file))
-                try:
-                    time_ms, name = _read_alarm(conn)
-                finally:
-                    conn.close()
-                if time_ms is not None:
-                    yield StoredAlarm(class_dir.name, file.stem, name, time_ms)
-
-    def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
-        path = self.path_of(class_name, id)
-        if (why := self.failures.get(str(path))) is not None:
-            raise _unavailable(class_name, id, why)
-        db = ObjectDatabase(path, id.name)
-        db.failures = self.failures
-        return db
-
-    def hold_object(self, class_name: str, id: DurableObjectId | str) -> bool:
-        """Hold the object for this process (True), unless another process holds it (False).
-        Every hold is released once (``release_object``)."""
-        try:
-            hold(self.path_of(class_name, id))
-        except ObjectInUseError:
-            return False
-        return True
-
-    def release_object(self, class_name: str, id: DurableObjectId | str) -> None:
-        release(self.path_of(class_name, id))
-
-    def holder(self, class_name: str, id: DurableObjectId | str) -> int | None:
-        """The pid of the process that holds this object (has it open), or None."""
-        return holder_of(self.path_of(class_name, id))
-
-    # -- migrations -------------------------------------------------------------------------
-
-    @property
-    def migrations_file(self) -> Path:
-        return self.directory / MIGRATIONS_FILE
-
-    def read_migrations(self) -> MigrationRecord:
-        return read_migrations(self.directory)
-
-    def write_migrations(self, record: MigrationRecord) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.migrations_file.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.migrations_file)
-        _fsync_dir(self.directory)
-
-    def rename_class(self, old: str, new: str) -> None:
-        source, target = self.directory / old, self.directory / new
-        with _holding_all(self.directory, old, f"rename class {old!r} to {new!r}"):
-            if not source.is_dir():
-                return  # no object of it was stored (or a run before a crash moved them)
-            if target.is_dir():
-                if any(target.iterdir()):
-                    raise MigrationError(
-                        f"cannot rename class {old!r} to {new!r}: {target} already holds "
-                        f"objects of a class named {new!r}; move or delete them first"
-                    )
-                target.rmdir()
-            source.rename(target)
-            _fsync_dir(self.directory)
-
-    def delete_class(self, name: str) -> None:
-        directory = self.directory / name
-        with _holding_all(self.directory, name, f"delete class {name!r}"):
-            if not directory.is_dir():
-                return
-            shutil.rmtree(directory)
-            _fsync_dir(self.directory)
-
-
-MIGRATIONS_FILE = "migrations.json"
-
-
-def read_migrations(directory: Path) -> MigrationRecord:
-    """What the persist directory records of applied migrations (nothing, if it is new)."""
-    file = directory / MIGRATIONS_FILE
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return MigrationRecord()
-    try:
-        return MigrationRecord.from_json(json.loads(text))
-    except ValueError as exc:
-        raise MigrationError(f"{file}: not a migration record ({exc})") from None
-
-
-class _holding_all:
-    """Hold every object of a class, stored or only open in memory, or fail saying what is
-    in use (``hold_class``)."""
-
-    def __init__(self, persist: Path, class_name: str, doing: str) -> None:
-        self.persist = persist
-        self.class_name = class_name
-        self.doing = doing
-
-    def __enter__(self) -> None:
-        try:
-            hold_class(self.persist, self.class_name)
-        except ObjectInUseError as exc:
-            raise MigrationError(f"cannot {self.doing}: {exc}") from None
-
-    def __exit__(self, *exc: object) -> None:
-        release_class(self.persist, self.class_name)
-
-
-class MemoryDriver:
-    """Databases in memory: kept while the driver lives, gone with the process."""
-
-    def __init__(self) -> None:
-        self._databases: dict[tuple[str, DurableObjectId], ObjectDatabase] = {}
-        self._migrations = MigrationRecord()
-        self.failures: dict[str, str] = {}
-
-    def read_migrations(self) -> MigrationRecord:
-        return self._migrations
-
-    def write_migrations(self, record: MigrationRecord) -> None:
-        self._migrations = record
-
-    def rename_class(self, old: str, new: str) -> None:
-        for class_name, id in list(self._databases):
-            if class_name == old:
-                self._databases[(new, id)] = self._databases.pop((old, id))
-
-    def delete_class(self, name: str) -> None:
-        for class_name, id in list(self._databases):
-            if class_name == name:
-                self._databases.pop((class_name, id)).connection.close()
-
-    def open(self, class_name: str, id: DurableObjectId) -> ObjectDatabase:
-        key = (class_name, id)
-        db = self._databases.get(key)
-        if db is None:
-            db = self._databases[key] = _KeptOpen(None, id.name)
-            db.failures, db.failure_key = self.failures, f"{class_name}/{id}"
-        elif (why := self.failures.get(db.failure_key)) is not None:
-            raise _unavailable(class_name, id, why)
-        return db
-
-    def scan_alarms(self) -> Iterator[StoredAlarm]:
-        for (class_name, id), db in list(self._databases.items()):
-            time_ms, name = _read_alarm(db.connection)
-            if time_ms is not None:
-                yield StoredAlarm(class_name, str(id), name, time_ms)
-
-
-class _KeptOpen(ObjectDatabase):
-    """An in-memory database survives its object's eviction: closing it keeps it."""
-
-    def close(self) -> None:
-        if self.connection.in_transaction:
-            self.connection.execute("ROLLBACK")

@@ -138,7 +138,6 @@ import json
 import os
 import random
 import secrets
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
@@ -163,7 +162,7 @@ from ..runtime.state import DurableObjectState
 from ..runtime.stubs import DurableObjectNamespace, DurableObjectStub
 from ..server.assets import Assets
 from ..server.gateway import asset_response
-from ..storage.sqlite import ALARM_TABLE, KV_TABLE, META_TABLE, RESERVED_PREFIX, SqliteDriver
+from ..storage.sqlite import SqliteDriver
 
 __all__ = [
     "Project",
@@ -425,20 +424,16 @@ class Project:
         for host in self.runtime.live_hosts():
             if host.namespace is ns and host.state in (Lifecycle.ACTIVE, Lifecycle.HIBERNATED):
                 found[str(host.id)] = host.id
-        class_dir = self.storage.directory / ns.object_class.__name__
-        files = sorted(class_dir.glob("*.sqlite")) if class_dir.is_dir() else []
-        for file in files:
-            if file.stem in found:
+        for stored in self.storage.objects(ns.object_class.__name__):
+            if stored.id in found:
                 continue
-            stored, name = _stored(file)
-            if not stored:
-                continue
+            name = stored.name
             try:
-                id = ns.id_from_name(name) if name is not None else ns.id_from_string(file.stem)
+                id = ns.id_from_name(name) if name is not None else ns.id_from_string(stored.id)
             except ValueError:
                 continue  # not an id of this namespace
-            if str(id) == file.stem:
-                found[file.stem] = id
+            if str(id) == stored.id:
+                found[stored.id] = id
         return sorted(found.values(), key=lambda id: (id.name is None, id.name or "", str(id)))
 
     # -- eviction -------------------------------------------------------------------------------
@@ -580,24 +575,6 @@ def _with_host(headers: HeadersInit, url: str) -> Headers:
     if "host" not in out:
         out.set("host", urlsplit(url).netloc or urlsplit(BASE_URL).netloc)
     return out
-
-
-def _stored(file: Path) -> tuple[bool, str | None]:
-    """Whether an object's database holds anything (a key, a table, an alarm); its name."""
-    conn = sqlite3.connect(str(file))
-    try:
-        row = conn.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {KV_TABLE}) OR EXISTS (SELECT 1 FROM {ALARM_TABLE})"
-            " OR EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table'"
-            f" AND substr(name, 1, {len(RESERVED_PREFIX)}) != ? AND name NOT LIKE 'sqlite%'),"
-            f" (SELECT value FROM {META_TABLE} WHERE key = 'name')",
-            (RESERVED_PREFIX,),
-        ).fetchone()
-    except sqlite3.Error:
-        return False, None
-    finally:
-        conn.close()
-    return bool(row[0]), row[1]
 
 
 # -- the WebSocket client ---------------------------------------------------------------------

@@ -155,6 +155,7 @@ from ..runtime import stubs as _namespace
 from ..runtime.host import current_host
 from ..runtime.state import DurableObjectState
 from ..storage import api as _storage
+from ..storage import sql as _sql
 
 __all__ = [
     "AlarmInfo",
@@ -829,7 +830,7 @@ class SqlCursor:
 
     __slots__ = ("_cursor",)
 
-    def __init__(self, cursor: _storage.SqlCursor) -> None:
+    def __init__(self, cursor: _sql.SqlCursor) -> None:
         self._cursor = cursor
 
     def __iter__(self) -> Iterator[JsDict]:
@@ -851,7 +852,7 @@ class SqlCursor:
     def one(self) -> JsDict:
         return JsDict(self._cursor.one())
 
-    def raw(self) -> Iterator[list[_storage.SqlValue]]:
+    def raw(self) -> Iterator[list[_sql.SqlValue]]:
         return (list(row) for row in self._cursor.raw())
 
     @property
@@ -875,7 +876,7 @@ class SqlStorage:
 
     __slots__ = ("_sql",)
 
-    def __init__(self, sql: _storage.SqlStorage) -> None:
+    def __init__(self, sql: _sql.SqlStorage) -> None:
         self._sql = sql
 
     def exec(self, query: str, *bindings: Any) -> SqlCursor:
@@ -941,6 +942,12 @@ def _put_args(
     return _key(key), _plain(value)
 
 
+def _list_options(method: str, options: Any, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """``list(options?)`` -> the keywords of opendo's ``list``."""
+    names = ("start", "start_after", "end", "prefix", "reverse", "limit")
+    return dict(zip(names, _list_args(method, options, keywords), strict=True))
+
+
 class Storage:
     """``ctx.storage`` with Cloudflare's names. Each call runs when it is made — awaited or
     not, as on Cloudflare — and returns an awaitable of its result (not a coroutine); writes
@@ -967,42 +974,38 @@ class Storage:
     ) -> Awaitable[None]:
         """``put(key, value, options?)`` or ``put({key: value, …}, options?)``."""
         k, v = _put_args("storage.put", key, value, options, keywords)
-        return self._storage._put_call(k, v, "put")
+        return self._storage.put(k, v)
 
     def delete(self, key: Any, options: Any = None, /, **keywords: Any) -> Awaitable[bool | int]:
         """True if ``key`` existed; for a list of keys, how many existed."""
         _options("storage.delete", options, keywords, _WRITE_FLAGS)
-        return self._storage._delete_call(_keys(key), "delete")
+        return self._storage.delete(_keys(key))
 
     def deleteAll(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         """Delete every key and every SQL table, atomically (the alarm stays)."""
         _options("storage.deleteAll", options, keywords, _WRITE_FLAGS)
-        storage = self._storage
-        return storage._in_turn("deleteAll", True, storage._delete_all, "deleteAll")
+        return _storage.delete_all_as(self._storage, "deleteAll")
 
     def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[dict[str, Any]]:
         """Keys and values in key order: ``start``, ``startAfter``, ``end``, ``prefix``,
         ``reverse``, ``limit`` — as a dict (``list({"prefix": "a"})``) or as keywords."""
-        args = _list_args("storage.list", options, keywords)
-        return self._storage._list_call(*args, "list")
+        return self._storage.list(**_list_options("storage.list", options, keywords))
 
     def getAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[int | None]:
         """When the alarm is due, in epoch milliseconds, or None."""
         _options("storage.getAlarm", options, keywords, frozenset({"allowConcurrency"}))
-        storage = self._storage
-        return storage._in_turn("getAlarm", False, storage._get_alarm, "getAlarm")
+        return _storage.get_alarm_as(self._storage, "getAlarm")
 
     def setAlarm(
         self, scheduled_time: datetime | int | float, options: Any = None, /, **keywords: Any
     ) -> Awaitable[None]:
         """Set the object's one alarm: epoch milliseconds or a datetime."""
         _options("storage.setAlarm", options, keywords, _ALARM_WRITE_FLAGS)
-        return self._storage._set_alarm_call(scheduled_time, "setAlarm")
+        return _storage.set_alarm_as(self._storage, scheduled_time, "setAlarm")
 
     def deleteAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("storage.deleteAlarm", options, keywords, _ALARM_WRITE_FLAGS)
-        storage = self._storage
-        return storage._in_turn("deleteAlarm", True, storage._delete_alarm, "deleteAlarm")
+        return _storage.delete_alarm_as(self._storage, "deleteAlarm")
 
     def sync(self) -> asyncio.Future[None]:
         """Every write made so far, durable: ``await storage.sync()``."""
@@ -1063,28 +1066,24 @@ class Transaction:
 
     def deleteAll(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("txn.deleteAll", options, keywords, _WRITE_FLAGS)
-        self._txn._check("deleteAll")._delete_all("deleteAll")
-        return _storage._DONE
+        return _storage.delete_all_as(self._txn, "deleteAll")
 
     def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[dict[str, Any]]:
-        args = _list_args("txn.list", options, keywords)
-        return _storage._Settled(dict(self._txn._check("list")._list(*args, "list")))
+        return self._txn.list(**_list_options("txn.list", options, keywords))
 
     def getAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[int | None]:
         _options("txn.getAlarm", options, keywords, frozenset({"allowConcurrency"}))
-        return _storage._settled(self._txn._check("getAlarm")._get_alarm("getAlarm"))
+        return _storage.get_alarm_as(self._txn, "getAlarm")
 
     def setAlarm(
         self, scheduled_time: datetime | int | float, options: Any = None, /, **keywords: Any
     ) -> Awaitable[None]:
         _options("txn.setAlarm", options, keywords, _ALARM_WRITE_FLAGS)
-        self._txn._check("setAlarm")._set_alarm(scheduled_time, "setAlarm")
-        return _storage._DONE
+        return _storage.set_alarm_as(self._txn, scheduled_time, "setAlarm")
 
     def deleteAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("txn.deleteAlarm", options, keywords, _ALARM_WRITE_FLAGS)
-        self._txn._check("deleteAlarm")._delete_alarm("deleteAlarm")
-        return _storage._DONE
+        return _storage.delete_alarm_as(self._txn, "deleteAlarm")
 
 
 # -- ctx -----------------------------------------------------------------------------------------
