@@ -403,3 +403,34 @@ def test_admin_commands_find_a_renamed_class_by_name(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert f"Memo {NamespaceKey('Note').from_name('ann')}" in result.output
+
+
+def test_servers_starting_together_record_their_migrations_without_clobbering(
+    tmp_path: Path,
+) -> None:
+    """Two processes on one new persist directory write its record at once (two servers, or
+    the workers of one): each write lands whole, none fails on the other's temporary file."""
+    import threading
+
+    from opendo.core.migrations import MigrationRecord
+    from opendo.storage.sqlite import SqliteDriver
+
+    errors: list[BaseException] = []
+    go = threading.Barrier(4)
+
+    def write(n: int) -> None:
+        driver = SqliteDriver(tmp_path / "state")
+        go.wait()
+        try:
+            for i in range(40):
+                driver.write_migrations(MigrationRecord((f"v{n}-{i}",), {"A": "A"}))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert SqliteDriver(tmp_path / "state").read_migrations().labels == {"A": "A"}

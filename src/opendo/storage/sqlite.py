@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -482,7 +483,8 @@ class SqliteDriver:
 
     def write_migrations(self, record: MigrationRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.migrations_file.with_suffix(".tmp")
+        # A name of its own: processes that start together on one directory write at once.
+        tmp = self.directory / f".{MIGRATIONS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record.to_json(), f, indent=2)
             f.write("\n")
