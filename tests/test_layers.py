@@ -743,7 +743,6 @@ def test_rule_5_modules_stay_under_the_line_limit(tmp_path: Path) -> None:
     assert check(package(tmp_path / "good", at_the_limit)) == []
 
 
-@pytest.mark.xfail(strict=False, reason="the layers are being moved")
 def test_opendo_follows_the_layer_rules() -> None:
     violations = check(SRC)
     assert not violations, f"{len(violations)} violations of the layer rules (DESIGN.md §3):\n" + (

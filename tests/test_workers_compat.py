@@ -23,7 +23,7 @@ from conftest import ROOT, run_opendo, wait_for
 from websockets.asyncio.client import connect
 
 import opendo
-from opendo import DurableObjectResetError, SqlError, workers
+from opendo import DurableObjectResetError, ExecutionContext, SqlError, workers
 from opendo.runtime.host import Lifecycle
 from opendo.testing import Project
 from opendo.workers import (
@@ -957,5 +957,5 @@ async def test_unsupported_calls_say_so(opendo):
     with pytest.raises(AttributeError, match="self.env"):
         _ = workers.env
     with pytest.raises(NotSupportedError, match="origin"):
-        workers.Context(workers._api.ExecutionContext()).passThroughOnException()
+        workers.Context(ExecutionContext()).passThroughOnException()
     assert workers.python_to_rpc(x := {"a": 1}) is x and workers.python_from_rpc(x) is x

@@ -27,6 +27,8 @@ from ..core.protocols import Forwarder, Placement
 from ..runtime import runtime as engine
 from ..storage import Storages
 from ..storage.sqlite import MemoryDriver, StorageDriver
+from ..workers.js import js
+from ..workers.unsupported import install_import_hooks
 from .config import Config
 
 __all__ = ["Runtime", "find_worker", "import_main"]
@@ -133,8 +135,8 @@ def import_main(path: Path) -> ModuleType:
     if root not in sys.path:
         sys.path.insert(0, root)
     sys.modules.setdefault("workers", workers)
-    sys.modules.setdefault("js", workers.js)  # `from js import WebSocketPair`
-    workers.install_import_hooks()
+    sys.modules.setdefault("js", js)  # `from js import WebSocketPair`
+    install_import_hooks()
     name = "_opendo_main_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
