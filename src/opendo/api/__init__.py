@@ -1,1 +1,2 @@
-"""api"""
+"""What users subclass and construct: ``DurableObject``, ``WorkerEntrypoint``, ``Env``,
+``Request``, ``Response``, ``Headers``, ``WebSocketPair`` and ``WebSocket``."""

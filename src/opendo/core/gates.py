@@ -5,15 +5,19 @@ message or an alarm runs until it awaits, and then another event may start. Two 
 that model safe for storage:
 
 **The input gate** stops *new* events from being delivered while the object waits on its own
-storage. Storage operations take an ``InputLock`` for as long as their I/O is in flight, so in
+storage, so that in
 
     value = await storage.get("n")
     await storage.put("n", value + 1)
 
 no other event can run between the read and the write: the read-modify-write is atomic
-without a lock in user code. Events that arrive meanwhile queue up and are delivered, in
-order, when the last lock is released. Awaiting anything *other* than the object's storage
-(an outbound fetch, another object) takes no lock, so the gate stays open, as on Cloudflare.
+without a lock in user code. opendo's storage calls never wait for I/O (they run against the
+object's database at once; only durability is waited for, by the output gate), so they need
+no ``InputLock``: nothing else can start while they run. What does wait holds one: an async
+``storage.transaction(fn)`` for as long as ``fn`` runs, and ``block_concurrency_while(fn)``.
+Events that arrive meanwhile queue up and are delivered, in order, when the last lock is
+released. Awaiting anything *other* than the object's storage (an outbound fetch, another
+object) takes no lock, so the gate stays open, as on Cloudflare.
 
 **The output gate** holds everything the object sends out — an HTTP response, a WebSocket
 message, an outbound call — until every write made *before* it was sent is durable. A write
