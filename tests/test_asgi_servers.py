@@ -70,6 +70,9 @@ class Default(WorkerEntrypoint):
             return Response(str(await self.env.ALARMED.get_by_name(parts[1]).fired()))
         if parts[0] == "url":
             return Response(request.url)
+        if parts[0] == "pid":
+            import os
+            return Response(str(os.getpid()))
         if parts[0] == "body":
             return Response(str(len(await request.bytes())))
         return Response("not found", status=404)
@@ -304,3 +307,65 @@ async def test_a_mounted_app_without_lifespan_runs_the_alarms_stored_before(
         while (await get(port, "/do/fired/late")).text != "True":
             assert time.monotonic() < deadline, "the stored alarm never fired"
             await asyncio.sleep(0.1)
+
+
+async def test_uvicorn_workers_forward_to_the_owner_instead_of_failing(
+    project: Path, tmp_path: Path
+) -> None:
+    """``uvicorn app:app --workers 2``: each process may receive a request for an object the
+    other one owns; it forwards it there, so a counter counts 1, 2, 3 … with no 500."""
+    module_dir = write_app(tmp_path, APP, project)
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = [
+        sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "2",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started before anything awaits
+            command,
+            cwd=module_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(module_dir), *filter(None, [os.environ.get("PYTHONPATH")])]
+                ),
+            },
+            start_new_session=True,
+        )
+    try:
+        wait_listening(port, proc, log)
+        pids: set[str] = set()
+        for _ in range(200):  # fresh connections, until both workers took some
+            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                pids.add((await client.get(f"http://127.0.0.1:{port}/pid")).text)
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "every connection went to one worker"
+
+        async def count(n: int) -> list[tuple[int, str]]:
+            answers = []
+            for _ in range(n):  # a new connection each time
+                async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                    response = await client.get(f"http://127.0.0.1:{port}/counter/shared")
+                    answers.append((response.status_code, response.text))
+            return answers
+
+        async def everyone() -> list[tuple[int, str]]:
+            results = await asyncio.gather(*(count(10) for _ in range(8)))
+            return [answer for answers in results for answer in answers]
+
+        answers = await everyone()
+        assert sorted(answers, key=lambda a: int(a[1]) if a[1].isdigit() else -1) == [
+            (200, str(i)) for i in range(1, 81)
+        ], answers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(TIMEOUT)
+    assert "Traceback" not in log.read_text()
