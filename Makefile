@@ -31,7 +31,7 @@ typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto  # the slow suites (real servers, browsers) run side by side
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

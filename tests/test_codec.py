@@ -14,6 +14,7 @@ import enum
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -316,10 +317,38 @@ SCALARS = [
 ]
 
 
+def _stable(value: object, depth: int = 0) -> str:
+    """A repr that does not depend on the hash seed (set members sorted), so that test ids
+    are the same in every process (pytest-xdist compares them)."""
+    if depth > 4:
+        return "..."
+    if isinstance(value, set | frozenset):
+        inner = ", ".join(sorted(_stable(v, depth + 1) for v in value))
+        return f"{{{inner}}}" if type(value) is set else f"frozenset({{{inner}}})"
+    if isinstance(value, list):
+        return "[" + ", ".join(_stable(v, depth + 1) for v in value[:8]) + "]"
+    if isinstance(value, tuple):
+        inner = ", ".join(_stable(v, depth + 1) for v in value[:8])
+        return "(" + inner + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, dict):
+        items = list(value.items())[:8]
+        return (
+            "{"
+            + ", ".join(f"{_stable(k, depth + 1)}: {_stable(v, depth + 1)}" for k, v in items)
+            + "}"
+        )
+    if isinstance(value, memoryview):
+        return f"memoryview({value.tobytes()!r})"
+    try:
+        return re.sub(r" at 0x[0-9a-f]+", "", repr(value))[:80]
+    except Exception:
+        return type(value).__name__
+
+
 def _id(value: object) -> str:
     if type(value) is int and value.bit_length() > 64:
         return f"int:{'-' if value < 0 else ''}{value.bit_length()}bits"
-    return f"{type(value).__name__}:{value!r:.40}"
+    return f"{type(value).__name__}:{_stable(value):.40}"
 
 
 @pytest.mark.parametrize("value", SCALARS, ids=_id)

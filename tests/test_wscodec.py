@@ -89,6 +89,7 @@ def test_a_frame_fed_a_byte_at_a_time(size: int) -> None:
         (frame(OP_TEXT, b"\xff"), 1007),
         (frame(OP_TEXT, b"\xc3", fin=False) + frame(OP_CONT, b""), 1007),  # truncated at the end
     ],
+    ids=lambda value: str(value) if isinstance(value, int) else "frame",  # masks are random
 )
 def test_violations_fail_with_their_code(data: bytes, code: int) -> None:
     parser = FrameParser(1 << 20)
