@@ -403,3 +403,31 @@ def test_admin_commands_find_a_renamed_class_by_name(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert f"Memo {NamespaceKey('Note').from_name('ann')}" in result.output
+
+
+def test_writers_of_one_record_at_once_do_not_collide(tmp_path: Path) -> None:
+    """Servers started at once on a new persist directory each apply (and record) the same
+    migrations: each writes its record through a temporary file of its own."""
+    import threading
+
+    record = MigrationRecord(("v1",), {"Counter": "Counter"})
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        driver = SqliteDriver(tmp_path)  # one per writer, as each server has its own
+        start.wait(10)
+        for _ in range(25):
+            try:
+                driver.write_migrations(record)
+            except BaseException as exc:
+                errors.append(exc)
+
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(30)
+    assert errors == []
+    assert SqliteDriver(tmp_path).read_migrations() == record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["migrations.json"]
