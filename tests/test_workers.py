@@ -271,6 +271,53 @@ def place(server: OpendoProcess, name: str) -> int:
     return server.proc.pid
 
 
+def test_rpc_between_objects_of_two_processes(probe: Path, tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        a_server, b_server = two_servers(stack, probe, tmp_path)
+        a, b = place(a_server, "a"), place(b_server, "b")
+        place(a_server, "b-third")
+        place(a_server, "local-a")
+        place(a_server, "local-b")
+        assert a_server.port is not None and b_server.port is not None
+        # Through B's Worker: B forwards to a (in A), which calls b (in B).
+        report = fresh_get(b_server.port, "/exercise/a/b").json()
+        # The same calls within one process, for reference.
+        local = fresh_get(a_server.port, "/exercise/local-a/local-b").json()
+
+    assert report["caller"] == a and local["caller"] == a
+    for value in report["values"]:
+        assert value["callee"] == b
+        assert value["seen"] == value["sent"], "the callee got another value"
+        assert value["back"] == value["sent"], "the caller got another value back"
+    assert [v["sent"] for v in report["values"]] == [v["back"] for v in local["values"]]
+
+    # A stub passed as an argument, used on the other side (the call comes back to A).
+    assert report["third"] == a
+    assert report["stub"] == [b, "b-third", a]
+    assert report["self_stub"] == [b, "a", a]  # (a waits for b, which calls a: no deadlock)
+    assert report["id"] == [b, *report["id_expected"], True]
+
+    errors, reference = report["errors"], local["errors"]
+    for kind in ("value", "key", "codec"):  # as within one process: type, message, args
+        assert errors[kind] == reference[kind], kind
+    assert errors["value"]["type"] == "ValueError" and errors["value"]["remote"]
+    assert errors["value"]["message"] == "the value was wrong, on purpose"
+    assert errors["key"]["type"] == "KeyError" and errors["key"]["args"] == ["'missing-key'"]
+    assert errors["codec"]["type"] == "CodecError" and errors["codec"]["remote"]
+    assert "cannot store a value of type 'object'" in errors["codec"]["message"]
+    # A user's own error type cannot be rebuilt in another process: its name is kept.
+    assert errors["own"]["type"] == "DurableObjectError" and errors["own"]["remote"]
+    assert errors["own"]["message"] == "ProbeError: a user's own error type"
+    # A function cannot cross: the caller is told, and it is not the callee's error.
+    for kind, where in (("function_argument", "echo() argument"), ("function_result", "result")):
+        error = errors[kind]
+        assert error["type"] == "CodecError" and not error["remote"], error
+        assert where in error["message"] and "is a function" in error["message"], error
+        assert "another process" in error["message"], error
+
+
 def test_an_alarm_fires_in_the_process_that_owns_its_object(probe: Path, tmp_path: Path) -> None:
     from contextlib import ExitStack
 
