@@ -217,6 +217,18 @@ class OpendoProcess:
             thread.join(STOP_DEADLINE)
         return code
 
+    def kill_group(self) -> None:
+        """SIGKILL to the whole process group (a supervisor and its workers, at once); returns
+        once every process of it has exited (and so holds no lock)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(STOP_DEADLINE) == -signal.SIGKILL
+        for thread in self._threads:
+            thread.join(STOP_DEADLINE)
+        deadline = time.monotonic() + STOP_DEADLINE
+        while group_members(self.proc.pid):  # the workers die with it, reaped or not
+            assert time.monotonic() < deadline, "a process of the group outlived SIGKILL"
+            time.sleep(0.005)
+
     def close(self) -> None:
         """End the process and its whole group: SIGTERM, then SIGKILL to the group."""
         if self.proc.poll() is None:

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +35,15 @@ import pytest
 from conftest import (
     CHAT,
     ROOT,
+    STOP_DEADLINE,
     OpendoProcess,
+    group_members,
     run_opendo,
     serving_pid,
     worker_pids,
 )
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from opendo import SqliteDriver
 from opendo.core.ids import NamespaceKey
@@ -247,10 +254,46 @@ async def test_a_chat_room_across_two_workers(tmp_path: Path) -> None:
             await close_all([*sockets, *staying])
 
 
+# -- a counter under concurrent load through both workers -------------------------------------
+
+LOAD_CLIENTS = 16
+LOAD_REQUESTS = 25  # each
+
+
+async def test_a_counter_under_load_through_two_workers(tmp_path: Path) -> None:
+    with run_opendo(
+        *serve_args(COUNTER, tmp_path / "state", 2), stderr_log=tmp_path / "log"
+    ) as server:
+        port = server.wait_ready()
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Connection": "close"},
+            limits=fresh,
+            timeout=RECV,
+        ) as http:
+
+            async def client() -> list[int]:
+                values = []
+                for _ in range(LOAD_REQUESTS):
+                    response = await http.get("/counter/shared")
+                    assert response.status_code == 200, response.text
+                    values.append(int(response.text))
+                return values
+
+            handed = await asyncio.gather(*(client() for _ in range(LOAD_CLIENTS)))
+    values = sorted(value for values in handed for value in values)
+    assert values == list(range(1, LOAD_CLIENTS * LOAD_REQUESTS + 1)), "a duplicate or a gap"
+    for values in handed:  # each client's values go up: its requests came one after another
+        assert values == sorted(values)
+
+
 # -- RPC and alarms between objects of two processes ------------------------------------------
 
 
-def two_servers(stack: Any, probe: Path, tmp_path: Path) -> tuple[OpendoProcess, OpendoProcess]:
+def two_servers(
+    stack: ExitStack, probe: Path, tmp_path: Path
+) -> tuple[OpendoProcess, OpendoProcess]:
     """Two ``opendo serve`` on one persist directory: each may own objects, and forwards to
     the other the events of the objects the other owns."""
     persist = tmp_path / "state"
@@ -272,8 +315,6 @@ def place(server: OpendoProcess, name: str) -> int:
 
 
 def test_rpc_between_objects_of_two_processes(probe: Path, tmp_path: Path) -> None:
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         a_server, b_server = two_servers(stack, probe, tmp_path)
         a, b = place(a_server, "a"), place(b_server, "b")
@@ -319,8 +360,6 @@ def test_rpc_between_objects_of_two_processes(probe: Path, tmp_path: Path) -> No
 
 
 def test_an_alarm_fires_in_the_process_that_owns_its_object(probe: Path, tmp_path: Path) -> None:
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         a_server, b_server = two_servers(stack, probe, tmp_path)
         assert a_server.port is not None and b_server.port is not None
@@ -339,8 +378,6 @@ def test_an_alarm_fires_in_the_process_that_owns_its_object(probe: Path, tmp_pat
 
 
 def test_servers_started_at_once_on_a_new_directory_all_start(probe: Path, tmp_path: Path) -> None:
-    from contextlib import ExitStack
-
     persist = tmp_path / "state"
     with ExitStack() as stack:
         servers = [
@@ -353,3 +390,244 @@ def test_servers_started_at_once_on_a_new_directory_all_start(probe: Path, tmp_p
         assert [int(fresh_get(port, "/pid").text) for port in ports] == [
             s.proc.pid for s in servers
         ]
+
+
+# -- kill -9 of a worker -------------------------------------------------------------------------
+
+KILL_COUNTERS = ("a", "b", "c", "d")
+RETRIES = 500  # attempts of one request, at most, while a worker is down and restarted
+AFTER_RESTART = 200  # increments acknowledged after the restart before the load stops
+
+
+def wait_restarted(server: OpendoProcess, port: int, victim: int, survivor: int) -> int:
+    """Wait until the supervisor replaced ``victim`` and the new worker accepts connections;
+    its pid."""
+    workers = until(
+        lambda: (w := worker_pids(server.proc.pid)) and len(w) == 2 and victim not in w and w,
+        START,
+        f"the supervisor restarted worker {victim}",
+    )
+    new = [pid for pid in workers if pid != survivor]
+    assert len(new) == 1, (workers, survivor)
+    for _ in range(TRIES):  # until the kernel hands the new worker a connection: it serves
+        with socket.create_connection(("127.0.0.1", port), timeout=RECV) as sock:
+            client_port = sock.getsockname()[1]
+            accepted = lambda at=client_port: serving_pid(port, at, workers)  # noqa: E731
+            pid = until(accepted, START, "an accept")
+        if pid == new[0]:
+            return pid
+    raise AssertionError(f"the new worker {new[0]} accepted none of {TRIES} connections")
+
+
+class RetryingLoad:
+    """LOAD_CLIENTS threads GET /counter/<name> in turn over fresh connections, each request
+    retried until it is acknowledged (a 200: a 5xx or a dropped connection is not); every
+    value acknowledged is recorded, and so is every failure retried."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.received: dict[str, list[int]] = {name: [] for name in KILL_COUNTERS}
+        self.acknowledged = 0
+        self.retried: list[str] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._client, args=(i,)) for i in range(LOAD_CLIENTS)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(STOP_DEADLINE + RECV)
+            assert not thread.is_alive(), "a load client did not stop"
+
+    def _client(self, index: int) -> None:
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        headers = {"Connection": "close"}
+        with httpx.Client(base_url=self.base, timeout=RECV, limits=fresh, headers=headers) as http:
+            for n in range(index, index + 10**6):
+                name = KILL_COUNTERS[n % len(KILL_COUNTERS)]
+                for _ in range(RETRIES):
+                    if self.stop.is_set():
+                        return
+                    try:
+                        response = http.get(f"/counter/{name}")
+                    except httpx.TransportError as exc:
+                        failure = f"{type(exc).__name__}: {exc}"
+                    else:
+                        if response.status_code == 200:
+                            with self._lock:
+                                self.received[name].append(int(response.text))
+                                self.acknowledged += 1
+                            break
+                        failure = f"{response.status_code} {response.text!r}"
+                        if response.status_code < 500:
+                            with self._lock:
+                                self.errors.append(failure)
+                            return
+                    with self._lock:
+                        self.retried.append(failure)
+                    self.stop.wait(0.01)  # the retry's back-off (ends at once when stopped)
+                else:
+                    with self._lock:
+                        self.errors.append(f"/counter/{name}: not acknowledged in {RETRIES} tries")
+                    return
+
+
+def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_increment(tmp_path: Path) -> None:
+    persist = tmp_path / "state"
+    log = tmp_path / "log"
+    with run_opendo(*serve_args(COUNTER, persist, 2), stderr_log=log) as server:
+        port = server.wait_ready()
+        workers = worker_pids(server.proc.pid)
+        load = RetryingLoad(port)
+        load.start()
+        try:
+            until(lambda: load.acknowledged >= 100 or load.errors, RECV, "load flows")
+            assert load.errors == []
+            owners = {name: owner(persist, "Counter", name) for name in KILL_COUNTERS}
+            assert set(owners.values()) <= set(workers), owners
+            victim = owners["a"]
+            assert victim is not None
+            survivor = next(pid for pid in workers if pid != victim)
+            at_kill = load.acknowledged
+            os.kill(victim, signal.SIGKILL)
+            wait_restarted(server, port, victim, survivor)
+            until(
+                lambda: load.acknowledged >= at_kill + AFTER_RESTART or load.errors,
+                START,
+                "load flows again after the restart",
+            )
+        finally:
+            load.finish()
+        assert load.errors == [], load.errors
+
+        for name, got in load.received.items():
+            assert len(set(got)) == len(got), f"/counter/{name} answered a value twice"
+            for _ in range(RETRIES):  # the stored value, read through the server
+                response = fresh_get(port, f"/counter/{name}")
+                if response.status_code == 200:
+                    break
+            assert response.status_code == 200, response.text
+            stored = int(response.text) - 1
+            assert stored >= max(got), (
+                f"/counter/{name} stores {stored}, but a client was answered {max(got)}"
+            )
+            assert stored + 1 not in got
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """The close code a client got (1006: none was received, the connection dropped)."""
+    async with asyncio.timeout(RECV):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+    return ws.close_code
+
+
+async def rejoin(port: int, room: str) -> tuple[ClientConnection, int, list[Any], Any]:
+    """``join``, retried while the room is being claimed again (a connection the dead
+    worker had accepted but not served fails; so may a forward to it, once)."""
+    failures: list[BaseException] = []
+    for _ in range(TRIES):
+        try:
+            return await join(port, room)
+        except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as exc:
+            failures.append(exc)
+    raise AssertionError(f"could not rejoin the room in {TRIES} tries: {failures[-3:]!r}")
+
+
+async def test_kill_9_of_a_chat_rooms_owner(tmp_path: Path) -> None:
+    persist = tmp_path / "state"
+    args = serve_args(CHAT, persist, 2, "--env", "bench")
+    with run_opendo(*args, stderr_log=tmp_path / "log") as server:
+        port = server.wait_ready()
+        workers = worker_pids(server.proc.pid)
+        sockets, served, _ = await join_in_both_workers(port, workers, "room", 6)
+        reconnected: list[ClientConnection] = []
+        try:
+            ids = list(range(1, len(sockets) + 1))
+            said = await chat_round(sockets, ids, "before")
+            victim = owner(persist, "Chat", "room")
+            assert victim in workers
+            survivor = next(pid for pid in workers if pid != victim)
+            relayed = [ws for ws, pid in zip(sockets, served, strict=True) if pid == survivor]
+            direct = [ws for ws, pid in zip(sockets, served, strict=True) if pid == victim]
+            assert relayed and direct
+
+            os.kill(victim, signal.SIGKILL)
+            for ws in relayed:  # the surviving worker closes what it relayed to the dead one
+                code = await closed_with(ws)
+                assert code in (1012, 1006), f"a relayed client got close code {code}"
+            for ws in direct:  # their TCP connection died with the worker
+                assert await closed_with(ws) in (1012, 1006)
+
+            # Reconnecting works (the room is claimed again), with its stored history.
+            new_ids = []
+            for n in range(1, 4):
+                ws, id, history, presence = await rejoin(port, "room")
+                reconnected.append(ws)
+                new_ids.append(id)
+                assert [(m["from"], m["text"]) for m in history] == said
+                assert presence["count"] == n, presence  # the sockets of before are gone
+                for earlier in reconnected[:-1]:
+                    assert (await recv_json(earlier))["type"] == "join"
+            assert new_ids == sorted(new_ids) and new_ids[0] > ids[-1], new_ids
+            await chat_round(reconnected, new_ids, "after")
+        finally:
+            await close_all([*sockets, *reconnected])
+
+
+# -- SIGTERM -----------------------------------------------------------------------------------
+
+SHUTDOWN_TIMEOUT = 5.0  # --shutdown-timeout of the drain test: a /hold takes 1 s of it
+
+
+def test_sigterm_drains_every_worker_and_exits_0(probe: Path, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    args = serve_args(probe, tmp_path / "state", 2, "--shutdown-timeout", str(SHUTDOWN_TIMEOUT))
+    with run_opendo(*args, stderr_log=tmp_path / "log") as server:
+        port = server.wait_ready()
+        workers = worker_pids(server.proc.pid)
+        answers: dict[int, httpx.Response | BaseException] = {}
+
+        def hold(n: int) -> None:
+            try:
+                answers[n] = fresh_get(port, "/hold", timeout=SHUTDOWN_TIMEOUT + RECV)
+            except BaseException as exc:
+                answers[n] = exc
+
+        def holding() -> set[int]:
+            return {int(mark.name.split("-")[0]) for mark in marks.iterdir()}
+
+        # Requests in flight in both workers: each marks itself once it runs.
+        threads: list[threading.Thread] = []
+        for n in range(TRIES):
+            thread = threading.Thread(target=hold, args=(n,), kwargs={})
+            threads.append(thread)
+            thread.start()
+            until(lambda: len(list(marks.iterdir())) == len(threads), RECV, "the request runs")
+            if holding() == set(workers):
+                break
+        assert holding() == set(workers), f"{len(threads)} requests, all in {holding()}"
+        pgid = server.proc.pid  # the supervisor leads the group of every process it started
+
+        started = time.monotonic()
+        code = server.stop(signal.SIGTERM)
+        took = time.monotonic() - started
+        for thread in threads:
+            thread.join(RECV)
+        assert code == 0, server.stderr_text()[-2000:]
+        assert took < SHUTDOWN_TIMEOUT + 2, f"the shutdown took {took:.1f} s"
+        assert group_members(pgid) == [], "a process of the server is left"
+        for n, answer in answers.items():  # every request in flight was answered
+            assert isinstance(answer, httpx.Response), f"request {n}: {answer!r}"
+            assert answer.status_code == 200 and int(answer.text) in workers, answer.text
+        assert len(answers) == len(threads)
