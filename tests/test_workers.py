@@ -359,6 +359,26 @@ def test_rpc_between_objects_of_two_processes(probe: Path, tmp_path: Path) -> No
         assert "another process" in error["message"], error
 
 
+def test_an_object_that_cannot_start_in_the_other_process(probe: Path, tmp_path: Path) -> None:
+    """Its start error reaches a client of either server alike: a 503 that says why, and when
+    the next attempt is (Retry-After)."""
+    with ExitStack() as stack:
+        a_server, b_server = two_servers(stack, probe, tmp_path)
+        assert a_server.port is not None and b_server.port is not None
+        first = fresh_get(a_server.port, "/own/broken")  # claimed in A, where it fails
+        assert first.status_code == 503 and "retry-after" not in first.headers
+        again = fresh_get(a_server.port, "/own/broken")  # the second failure: 1 s back-off
+        through_b = fresh_get(b_server.port, "/own/broken")
+        for response in (again, through_b):
+            assert response.status_code == 503, response.text
+            assert "this box cannot start, on purpose" in response.text
+            assert response.headers.get("retry-after") in ("1", "2"), (
+                response is again,
+                response.headers,
+            )
+        assert owner(tmp_path / "state", "Box", "broken") == a_server.proc.pid
+
+
 def test_an_alarm_fires_in_the_process_that_owns_its_object(probe: Path, tmp_path: Path) -> None:
     with ExitStack() as stack:
         a_server, b_server = two_servers(stack, probe, tmp_path)

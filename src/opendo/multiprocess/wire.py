@@ -258,12 +258,16 @@ def encode_error(error: BaseException) -> dict[str, Any]:
     }
     if all(type(arg) in _PLAIN for arg in error.args):
         fields["args"] = list(error.args)  # rebuilt from its arguments: KeyError('k') stays
+    # and with what it says beyond them (a DurableObjectStartError's retry_after)
+    attrs = getattr(error, "__dict__", {})
+    fields["attrs"] = {k: v for k, v in attrs.items() if type(v) in _PLAIN and k != "remote"}
     return fields
 
 
 def decode_error(fields: dict[str, Any]) -> Exception:
     """The error as its caller would have seen it here: the same type for opendo's errors and
-    Python's built-in ones, else a ``DurableObjectError`` that names the type."""
+    Python's built-in ones (made from the same arguments, with the same plain attributes),
+    else a ``DurableObjectError`` that names the type."""
     name, message = str(fields.get("type")), str(fields.get("message", ""))
     cls: Callable[..., Exception] | None = None
     if fields.get("module") == "opendo":
@@ -281,6 +285,12 @@ def decode_error(fields: dict[str, Any]) -> Exception:
             error = cls(*args) if isinstance(args, list) else cls(message)
     except Exception:
         error = DurableObjectError(f"{name}: {message}")
+    if type(error) is cls:
+        for attr, value in (fields.get("attrs") or {}).items():
+            try:
+                setattr(error, str(attr), value)
+            except (AttributeError, TypeError):
+                pass
     if fields.get("remote"):
         try:
             error.remote = True  # type: ignore[attr-defined]

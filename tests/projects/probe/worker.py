@@ -40,6 +40,11 @@ class ProbeError(Exception):
 
 
 class Box(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        if (ctx.id.name or "").startswith("broken"):
+            raise RuntimeError("this box cannot start, on purpose")
+
     async def pid(self) -> int:
         return os.getpid()
 
