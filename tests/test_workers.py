@@ -93,10 +93,14 @@ def serve_args(project: Path, persist: Path, workers: int, *more: str) -> list[s
     ]
 
 
-def fresh_get(port: int, path: str, timeout: float = RECV) -> httpx.Response:
+def fresh_get(
+    port: int, path: str, timeout: float = RECV, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """A GET on a connection of its own (so the kernel picks a worker for it)."""
     return httpx.get(
-        f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"}, timeout=timeout
+        f"http://127.0.0.1:{port}{path}",
+        headers={"Connection": "close", **(headers or {})},
+        timeout=timeout,
     )
 
 
@@ -620,7 +624,9 @@ def test_sigterm_drains_every_worker_and_exits_0(probe: Path, tmp_path: Path) ->
 
         def hold(n: int) -> None:
             try:
-                answers[n] = fresh_get(port, "/hold", timeout=SHUTDOWN_TIMEOUT + RECV)
+                answers[n] = fresh_get(
+                    port, "/hold", timeout=SHUTDOWN_TIMEOUT + RECV, headers={"x-n": str(n)}
+                )
             except BaseException as exc:
                 answers[n] = exc
 
@@ -630,7 +636,7 @@ def test_sigterm_drains_every_worker_and_exits_0(probe: Path, tmp_path: Path) ->
         # Requests in flight in both workers: each marks itself once it runs.
         threads: list[threading.Thread] = []
         for n in range(TRIES):
-            thread = threading.Thread(target=hold, args=(n,), kwargs={})
+            thread = threading.Thread(target=hold, args=(n,))
             threads.append(thread)
             thread.start()
             until(lambda: len(list(marks.iterdir())) == len(threads), RECV, "the request runs")
