@@ -543,6 +543,10 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_increment(tmp_path:
                 f"/counter/{name} stores {stored}, but a client was answered {max(got)}"
             )
             assert stored + 1 not in got
+        # The restarted worker stops as the others do.
+        pgid = server.proc.pid
+        assert server.stop(signal.SIGTERM) == 0, log.read_text()[-2000:]
+        assert group_members(pgid) == [], "a process of the server is left"
 
 
 async def closed_with(ws: ClientConnection) -> int | None:
@@ -657,3 +661,39 @@ def test_sigterm_drains_every_worker_and_exits_0(probe: Path, tmp_path: Path) ->
             assert isinstance(answer, httpx.Response), f"request {n}: {answer!r}"
             assert answer.status_code == 200 and int(answer.text) in workers, answer.text
         assert len(answers) == len(threads)
+
+
+# -- an idle room moves between workers ----------------------------------------------------------
+
+
+async def test_an_evicted_room_is_claimed_again_by_either_worker(tmp_path: Path) -> None:
+    """A room everyone left is evicted and gives up its lock; the next client's worker
+    claims it, with its ids and history. Rounds until the room has lived in both workers."""
+    project = tmp_path / "chat"
+    shutil.copytree(CHAT, project, ignore=shutil.ignore_patterns("__pycache__", ".opendo"))
+    with (project / "opendo.toml").open("a") as config:
+        config.write("\n[runtime]\nidle_timeout = 0.05\nhibernation_timeout = 0.05\n")
+    persist = tmp_path / "state"
+    args = serve_args(project, persist, 2, "--env", "bench")
+    with run_opendo(*args, stderr_log=tmp_path / "log") as server:
+        port = server.wait_ready()
+        workers = worker_pids(server.proc.pid)
+        owners: list[int] = []
+        said: list[Any] = []
+        first_id = 1
+        for _ in range(20):
+            sockets, _, history = await join_in_both_workers(port, workers, "room", 2, first_id)
+            try:
+                assert [(m["from"], m["text"]) for m in history] == said[-100:]
+                ids = list(range(first_id, first_id + len(sockets)))
+                room_owner = owner(persist, "Chat", "room")
+                assert room_owner in workers
+                owners.append(room_owner)
+                said += await chat_round(sockets, ids, f"round {len(owners)}")
+                first_id = ids[-1] + 1
+            finally:
+                await close_all(sockets)
+            until(lambda: owner(persist, "Chat", "room") is None, RECV, "the room is evicted")
+            if set(owners) == set(workers):
+                break
+        assert set(owners) == set(workers), f"the room lived only in {set(owners)}"
