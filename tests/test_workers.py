@@ -4,8 +4,10 @@ two servers on one directory, against the real console script on 127.0.0.1.
 An object lives in the process that holds its lock; the others forward its events there.
 These tests make clients land in every process and check that the objects behave as one:
 ids and counters hand out every value once, a chat room's messages reach everyone once and in
-one order, RPC between objects of two processes carries every kind of value and error, an
-alarm fires where its object lives. Then failures: a worker killed with SIGKILL under load
+one order, RPC between objects of two processes carries every kind of value and error (a
+start error with its Retry-After), an alarm fires where its object lives, a room everyone
+left moves to whichever worker its next client reached. Then failures: a worker killed with
+SIGKILL under load
 (the supervisor restarts it; no acknowledged write is lost, no value handed out twice; a
 WebSocket room whose owner died closes its relayed sockets and works again on reconnect), and
 SIGTERM, which drains every worker.
