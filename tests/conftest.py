@@ -217,6 +217,18 @@ class OpendoProcess:
             thread.join(STOP_DEADLINE)
         return code
 
+    def kill_group(self) -> None:
+        """SIGKILL to the whole process group (a supervisor and its workers, at once); returns
+        once every process of it has exited (and so holds no lock)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(STOP_DEADLINE) == -signal.SIGKILL
+        for thread in self._threads:
+            thread.join(STOP_DEADLINE)
+        deadline = time.monotonic() + STOP_DEADLINE
+        while group_members(self.proc.pid):  # the workers die with it, reaped or not
+            assert time.monotonic() < deadline, "a process of the group outlived SIGKILL"
+            time.sleep(0.005)
+
     def close(self) -> None:
         """End the process and its whole group: SIGTERM, then SIGKILL to the group."""
         if self.proc.poll() is None:
@@ -375,3 +387,68 @@ def reopen(driver: StorageDriver) -> StorageDriver:
     if isinstance(driver, SqliteDriver):
         return SqliteDriver(driver.directory)
     return driver  # a MemoryDriver keeps its databases for as long as it lives
+
+
+# -- the processes of ``opendo serve --workers N`` -------------------------------------------
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The live worker processes of the supervisor ``supervisor`` (its children that run a
+    spawned server, not its resource tracker; a dead, unreaped worker has no command line)."""
+    pids = []
+    for task in Path(f"/proc/{supervisor}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread (or the process) ended meanwhile
+            continue
+        for child in map(int, children):
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in command:
+                pids.append(child)
+    return sorted(set(pids))
+
+
+def _server_socket_inode(server_port: int, client_port: int) -> int | None:
+    """The inode of the server's end of the TCP connection 127.0.0.1:client_port ->
+    127.0.0.1:server_port (from /proc/net/tcp), or None."""
+    local = f"0100007F:{server_port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote:
+            return int(fields[9])
+    return None
+
+
+def serving_pid(server_port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server's end of the client's connection (accepted it)."""
+    inode = _server_socket_inode(server_port, client_port)
+    if not inode:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                if os.readlink(fd) == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of the group ``pgid`` that have not exited (zombies, which hold nothing,
+    are not counted: nobody may be reaping them here)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members

@@ -104,6 +104,16 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{process.wait_ready()}"
 
 
+@pytest.fixture(scope="module")
+def base_workers_2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``opendo serve examples/chat --workers 2``: a page's connections land in either
+    worker, and a room lives in one of them."""
+    state = tmp_path_factory.mktemp("chat-state-workers")
+    args = ("serve", CHAT, "--port", "0", "--persist-to", state, "--workers", "2")
+    with run_opendo(*args) as process:
+        yield f"http://127.0.0.1:{process.wait_ready()}"
+
+
 class People:
     """Opens pages, one browser context each, and records what must never happen in them:
     a dialog (``alert`` and the like) or an uncaught script error."""
@@ -213,7 +223,9 @@ def no_horizontal_scroll(page: Page) -> None:
 # -- the tests ------------------------------------------------------------------------------------
 
 
-def test_two_people_chat(people: People, base: str) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["workers-1", "workers-2"])
+def test_two_people_chat(people: People, request: pytest.FixtureRequest, workers: int) -> None:
+    base = request.getfixturevalue("base" if workers == 1 else "base_workers_2")
     room = "two-people"
     ada = people.join(f"{base}/{room}")
     bob = people.join(f"{base}/{room}")
@@ -248,6 +260,28 @@ def test_two_people_chat(people: People, base: str) -> None:
     expect_messages(ada, [("me", "hello from Ada", True), ("Bob", "hi Ada, Bob here", False)])
     expect_messages(bob, [("Ada", "hello from Ada", False), ("me", "hi Ada, Bob here", True)])
     expect(messages(ada).first.locator("time")).to_have_text(re.compile(r"^\d\d:\d\d$"))
+
+
+@pytest.mark.slow
+def test_pages_see_each_other_in_whichever_worker_they_land(
+    people: People, base_workers_2: str
+) -> None:
+    """Pairs of pages in rooms of their own, with two workers: whether a pair landed in one
+    worker or in both (the other one relays), each page sees the other and what it says."""
+    for n in range(3):
+        url = f"{base_workers_2}/pair-{n}"
+        ada = people.join(url, "Ada")
+        bob = people.join(url, "Bob")
+        for page in (ada, bob):
+            expect(page.locator("#users li")).to_have_count(2)
+        say(ada, f"hello {n} from Ada")
+        say(bob, f"hello {n} from Bob")
+        expect_messages(
+            ada, [("me", f"hello {n} from Ada", True), ("Bob", f"hello {n} from Bob", False)]
+        )
+        expect_messages(
+            bob, [("Ada", f"hello {n} from Ada", False), ("me", f"hello {n} from Bob", True)]
+        )
 
 
 def test_html_is_shown_as_text(people: People, base: str) -> None:

@@ -405,32 +405,29 @@ def test_admin_commands_find_a_renamed_class_by_name(tmp_path: Path) -> None:
     assert f"Memo {NamespaceKey('Note').from_name('ann')}" in result.output
 
 
-def test_servers_starting_together_record_their_migrations_without_clobbering(
-    tmp_path: Path,
-) -> None:
-    """Two processes on one new persist directory write its record at once (two servers, or
-    the workers of one): each write lands whole, none fails on the other's temporary file."""
+def test_writers_of_one_record_at_once_do_not_collide(tmp_path: Path) -> None:
+    """Servers started at once on a new persist directory each apply (and record) the same
+    migrations: each writes its record through a temporary file of its own."""
     import threading
 
-    from opendo.core.migrations import MigrationRecord
-    from opendo.storage.sqlite import SqliteDriver
-
+    record = MigrationRecord(("v1",), {"Counter": "Counter"})
+    start = threading.Barrier(4)
     errors: list[BaseException] = []
-    go = threading.Barrier(4)
 
-    def write(n: int) -> None:
-        driver = SqliteDriver(tmp_path / "state")
-        go.wait()
-        try:
-            for i in range(40):
-                driver.write_migrations(MigrationRecord((f"v{n}-{i}",), {"A": "A"}))
-        except BaseException as exc:
-            errors.append(exc)
+    def write() -> None:
+        driver = SqliteDriver(tmp_path)  # one per writer, as each server has its own
+        start.wait(10)
+        for _ in range(25):
+            try:
+                driver.write_migrations(record)
+            except BaseException as exc:
+                errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(30)
     assert errors == []
-    assert SqliteDriver(tmp_path / "state").read_migrations().labels == {"A": "A"}
+    assert SqliteDriver(tmp_path).read_migrations() == record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["migrations.json"]

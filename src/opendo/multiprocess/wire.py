@@ -23,10 +23,12 @@ from typing import Any, Protocol
 
 from ..api.http import Headers, Request, Response
 from ..core import errors as opendo_errors
-from ..core.codec import CodecError, decode, encode
+from ..core.codec import CodecError, DecodeError, decode, encode
 from ..core.errors import DurableObjectError
 from ..core.events import Alarm, Fetch, Rpc
+from ..core.gates import GateBrokenError
 from ..core.ids import DurableObjectId
+from ..core.storage import SqlError
 
 __all__ = [
     "REF",
@@ -234,27 +236,38 @@ def decode_event(message: dict[str, Any], bindings: Bindings) -> object:
 
 # -- errors -------------------------------------------------------------------------------------
 
+# opendo's public errors, by name (``module`` "opendo" on the wire): those of core.errors, and
+# the others user code meets in an object.
 _OPENDO_ERRORS: dict[str, type[Exception]] = {
     name: cls
     for name, cls in vars(opendo_errors).items()
     if isinstance(cls, type) and issubclass(cls, Exception)
-}
+} | {cls.__name__: cls for cls in (CodecError, DecodeError, GateBrokenError, SqlError)}
+
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def encode_error(error: BaseException) -> dict[str, Any]:
     kind = type(error)
     origin = "opendo" if kind.__module__.startswith("opendo.") else kind.__module__
-    return {
+    fields = {
         "type": kind.__name__,
         "module": origin,
         "message": str(error),
         "remote": bool(getattr(error, "remote", False)),
     }
+    if all(type(arg) in _PLAIN for arg in error.args):
+        fields["args"] = list(error.args)  # rebuilt from its arguments: KeyError('k') stays
+    # and with what it says beyond them (a DurableObjectStartError's retry_after)
+    attrs = getattr(error, "__dict__", {})
+    fields["attrs"] = {k: v for k, v in attrs.items() if type(v) in _PLAIN and k != "remote"}
+    return fields
 
 
 def decode_error(fields: dict[str, Any]) -> Exception:
     """The error as its caller would have seen it here: the same type for opendo's errors and
-    Python's built-in ones, else a ``DurableObjectError`` that names the type."""
+    Python's built-in ones (made from the same arguments, with the same plain attributes),
+    else a ``DurableObjectError`` that names the type."""
     name, message = str(fields.get("type")), str(fields.get("message", ""))
     cls: Callable[..., Exception] | None = None
     if fields.get("module") == "opendo":
@@ -264,10 +277,20 @@ def decode_error(fields: dict[str, Any]) -> Exception:
         if isinstance(found, type) and issubclass(found, Exception):
             cls = found
     error: Exception
+    args = fields.get("args")
     try:
-        error = cls(message) if cls is not None else DurableObjectError(f"{name}: {message}")
+        if cls is None:
+            error = DurableObjectError(f"{name}: {message}")
+        else:
+            error = cls(*args) if isinstance(args, list) else cls(message)
     except Exception:
         error = DurableObjectError(f"{name}: {message}")
+    if type(error) is cls:
+        for attr, value in (fields.get("attrs") or {}).items():
+            try:
+                setattr(error, str(attr), value)
+            except (AttributeError, TypeError):
+                pass
     if fields.get("remote"):
         try:
             error.remote = True  # type: ignore[attr-defined]

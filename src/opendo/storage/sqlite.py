@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import sqlite3
-import threading
+import tempfile
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -483,14 +483,23 @@ class SqliteDriver:
 
     def write_migrations(self, record: MigrationRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        # A name of its own: processes that start together on one directory write at once.
-        tmp = self.directory / f".{MIGRATIONS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.migrations_file)
+        # A temporary file of this writer's own: servers started at once on a new directory
+        # each record the same migrations, and must not rename each other's file away.
+        fd, name = tempfile.mkstemp(
+            prefix=f".{MIGRATIONS_FILE}.", suffix=".tmp", dir=self.directory
+        )
+        tmp = Path(name)
+        try:
+            with open(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o644)
+                json.dump(record.to_json(), f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.migrations_file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(self.directory)
 
     def rename_class(self, old: str, new: str) -> None:
