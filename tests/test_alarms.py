@@ -580,6 +580,35 @@ async def test_an_alarm_never_runs_twice_at_once(
     assert await get_alarm(stub) is None
 
 
+async def test_an_alarm_event_from_elsewhere_does_not_run_it_again_while_it_runs(
+    runtime: Runtime, stub: DurableObjectStub, clock: FakeClock
+) -> None:
+    """Another process (or node) whose timer fired forwards an ``Alarm`` event to the owner,
+    whose own run may be in progress: the duplicate must not start the handler again."""
+    from opendo.core.events import Alarm
+
+    release = asyncio.Event()
+
+    async def hold(o: Alarmed, info: AlarmInfo) -> None:
+        await release.wait()
+
+    probe.body = hold
+    due = ms_in(clock, 1)
+    await set_alarm(stub, due)
+    clock.advance(1)
+    await attempts(1)
+    host = runtime.host(runtime.env.ALARMED, stub.id)
+    duplicate = host.call(Alarm(due + 1000, 0))  # as a forwarded alarm arrives
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(probe.attempts) == 1 and probe.max_running == 1
+    release.set()
+    assert await asyncio.wait_for(duplicate, 10) is True  # it was taken care of
+    await settle(runtime)
+    assert len(probe.attempts) == 1 and probe.max_running == 1
+    assert await get_alarm(stub) is None
+
+
 # -- lifecycle -------------------------------------------------------------------------------
 
 

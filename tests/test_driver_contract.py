@@ -509,7 +509,7 @@ class Owner:
         self.resets: list[str] = []
         self.alarms: list[int | None] = []
 
-    def reset(self, reason: str) -> None:
+    def reset(self, reason: str, error: BaseException | None = None) -> None:
         self.resets.append(reason)
 
     def alarm_changed(self, time_ms: int | None) -> None:

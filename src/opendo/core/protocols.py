@@ -17,6 +17,8 @@ Between the runtime and an object's surroundings:
 - ``Forwarder``: deliver an event to an object owned elsewhere, and bring back its result.
 - ``StorageProvider``: open an object's storage (``ObjectStorage``, what user code sees as
   ``ctx.storage``) for an activation, and the alarms stored (``AlarmStore``).
+- ``Service``: what a mode runs beside the objects (a cluster node's lease, its flushes to
+  PostgreSQL, its alarm poller): started with the runtime, closed after its objects.
 
 Between the storage API and what keeps the data, see ``core.storage``.
 
@@ -40,6 +42,7 @@ __all__ = [
     "Forwarder",
     "ObjectStorage",
     "Placement",
+    "Service",
     "SocketOwner",
     "StorageOwner",
     "StorageProvider",
@@ -87,8 +90,9 @@ class StorageOwner(Protocol):
     @property
     def input_gate(self) -> InputGate: ...
 
-    def reset(self, reason: str) -> None:
-        """Drop the instance after a failure (a write that did not make it)."""
+    def reset(self, reason: str, error: BaseException | None = None) -> None:
+        """Drop the instance after a failure (a write that did not make it: ``error``). A
+        ``FencedError`` means the claim is gone too: the next event claims the object again."""
         ...
 
     def alarm_changed(self, time_ms: int | None) -> None:
@@ -164,6 +168,12 @@ class ObjectStorage(Protocol):
         """The stored alarm, whatever a running handler should be told."""
         ...
 
+    @property
+    def alarm_running(self) -> bool:
+        """An alarm handler of this instance is running (between ``alarm_started`` and
+        ``alarm_finished``)."""
+        ...
+
     def alarm_started(self) -> None:
         """An alarm handler starts: ``get_alarm()`` says None, unless it sets a new one."""
         ...
@@ -183,4 +193,14 @@ class StorageProvider(AlarmStore, Protocol):
         self, owner: StorageOwner, class_name: str, id: DurableObjectId, epoch: int
     ) -> ObjectStorage | Awaitable[ObjectStorage]:
         """The storage of one activation of the object (``epoch`` from its claim)."""
+        ...
+
+
+class Service(Protocol):
+    def start(self) -> None:
+        """Begin (called once the event loop runs, before anything is claimed)."""
+        ...
+
+    async def aclose(self) -> None:
+        """End, once the runtime's objects are closed (their last writes handed over)."""
         ...

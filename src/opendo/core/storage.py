@@ -48,8 +48,8 @@ failed (I/O, a full disk, a damaged file), ``SqlError`` for user SQL, ``FencedEr
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from .errors import StorageError
 from .protocols import AlarmStore
@@ -64,6 +64,7 @@ __all__ = [
     "FencedError",
     "ObjectContents",
     "ObjectDatabase",
+    "PointInTime",
     "SqlError",
     "SqlResult",
     "StorageDriver",
@@ -110,6 +111,12 @@ class ObjectDatabase(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    def check_live(self) -> None:
+        """Raise a ``StorageError`` (``FencedError``) if the handle may not be used now: the
+        storage API asks before every call, cached reads included. (A cluster node whose
+        lease may have lapsed refuses here.)"""
+        ...
 
     # transactions
 
@@ -198,6 +205,26 @@ class ObjectDatabase(Protocol):
     def close(self) -> None:
         """Roll back what is not committed and let go of the object (once a sync in flight
         has called its ``done``). Idempotent."""
+        ...
+
+
+@runtime_checkable
+class PointInTime(Protocol):
+    """What a database whose driver keeps its history adds (cluster mode): Cloudflare's
+    point-in-time recovery. A bookmark names a state of the database; bookmarks sort in the
+    order of the states they name."""
+
+    def current_bookmark(self) -> str:
+        """The bookmark of the state the last durable commit left."""
+        ...
+
+    def bookmark_for_time(self, time_ms: int) -> Awaitable[str]:
+        """The bookmark of the state at ``time_ms`` (epoch milliseconds)."""
+        ...
+
+    def restore_on_next_session(self, bookmark: str) -> Awaitable[str]:
+        """Restore ``bookmark`` when the object next opens its storage; the bookmark of the
+        state now (to undo it)."""
         ...
 
 

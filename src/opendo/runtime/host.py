@@ -47,7 +47,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..api.websocket import (
     CloseEvent,
@@ -71,8 +71,10 @@ from ..core.errors import (
 from ..core.gates import InputGate, OutputGate
 from ..core.ids import DurableObjectId
 from ..core.lifecycle import TRANSITIONS, Lifecycle, start_backoff
-from ..core.protocols import Claim, Forwarder, ObjectStorage, Placement, StorageProvider
+from ..core.protocols import Claim, ObjectStorage
+from ..core.storage import FencedError
 from .invoke import invoke
+from .services import HostServices, Namespace
 from .state import DurableObjectState
 from .steps import Continue, is_coroutine
 
@@ -84,36 +86,16 @@ __all__ = ["HostServices", "Lifecycle", "ObjectHost", "current_host"]
 log = logging.getLogger("opendo")
 
 Queued = tuple[object, "asyncio.Future[Any] | None"]
-MAX_OWNERS_GONE = 3  # an event that finds this many owners gone in a row fails
+# An event whose owner is gone claims the object again, after these pauses (seconds): an owner
+# that died may still hold its claim for a while (a cluster node's lease). After the last, the
+# event fails with OwnerGoneError; the next event starts over.
+OWNER_GONE_PAUSES = (0.0, 0.1, 0.3, 0.6, 1.0)
 
 
 def current_host() -> ObjectHost | None:
     """The host whose event is running now, if any."""
     host = context.current_host()
     return host if isinstance(host, ObjectHost) else None
-
-
-class Namespace(Protocol):
-    """What a host needs of its namespace (``DurableObjectNamespace``)."""
-
-    @property
-    def object_class(self) -> type[DurableObject]: ...
-
-
-class HostServices(Protocol):
-    """What a host needs of the runtime that made it."""
-
-    clock: Clock
-    env: Any
-    idle_timeout: float
-    hibernation_timeout: float
-    placement: Placement
-    storage: StorageProvider
-    forwarder: Forwarder | None
-
-    def forget(self, host: ObjectHost) -> None: ...
-
-    def alarm_changed(self, host: ObjectHost, time_ms: int | None) -> None: ...
 
 
 class ObjectHost:
@@ -183,7 +165,7 @@ class ObjectHost:
         self._start_failures = 0  # failed starts in a row
         self._retry_at = 0.0  # clock.monotonic() before which a BROKEN host fails fast
         self._start_reason = ""
-        self._gone = 0  # owners found gone in a row
+        self._gone: dict[int, int] = {}  # id(event) -> owners it found gone
         self._start_cause: BaseException | None = None
 
     @property
@@ -436,6 +418,8 @@ class ObjectHost:
         """
         instance = self.instance
         assert instance is not None
+        if self._gone:
+            self._gone.pop(id(event), None)  # it found its owner gone before: here now
         generation = self.generation
         scope = contextvars.copy_context()
         scope.run(context.enter, self)
@@ -572,18 +556,19 @@ class ObjectHost:
     ) -> None:
         self._running -= 1
         error = None if done.cancelled() else done.exception()
-        if isinstance(error, OwnerGoneError) and self._gone < MAX_OWNERS_GONE:
+        tries = self._gone.pop(id(event), 0)
+        if isinstance(error, OwnerGoneError) and tries < len(OWNER_GONE_PAUSES):
             # It never reached an owner: claim the object again, and deliver it then.
-            self._gone += 1
             if self.state is Lifecycle.REMOTE and self.owner == owner:
                 log.info("%s: its owner %s is gone; claiming it again", self.name(), owner)
                 self.owner = None
                 self._move("reset")
-            self._queue.appendleft((event, future))
-            self._pump()
+            self._gone[id(event)] = tries + 1
+            self._running += 1  # waiting to be delivered again: not idle
+            pause = OWNER_GONE_PAUSES[tries]
+            loop = asyncio.get_running_loop()
+            loop.call_later(pause, self._redeliver, event, future)
             return
-        if error is None:
-            self._gone = 0
         if future is not None and not future.done():
             if done.cancelled():
                 future.cancel()
@@ -594,6 +579,20 @@ class ObjectHost:
         self._maybe_idle()
 
     # -- sockets, background work and idleness ---------------------------------------------
+
+    def _redeliver(self, event: object, future: asyncio.Future[Any] | None) -> None:
+        self._running -= 1
+        if future is not None and future.done():  # its caller gave up meanwhile
+            self._gone.pop(id(event), None)
+            self._maybe_idle()
+            return
+        if self.state is Lifecycle.EVICTED:
+            self._gone.pop(id(event), None)
+            if future is not None:
+                future.set_exception(OwnerGoneError(f"{self.name()} was dropped meanwhile"))
+            return
+        self._queue.appendleft((event, future))
+        self._pump()
 
     def socket_opened(self, ws: WebSocket) -> None:
         self._cancel_idle()
@@ -748,6 +747,8 @@ class ObjectHost:
             return
         log.warning("resetting %s: %s", self.name(), reason)
         self._drop_instance()
+        if isinstance(error, FencedError):
+            self.release()  # another process or node has it now, or may: claim it again
         self._move("hibernate" if self.hibernatable else "reset")
         if self._queue:
             asyncio.get_running_loop().call_soon(self._pump)

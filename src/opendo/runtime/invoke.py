@@ -108,7 +108,10 @@ def _alarm(instance: DurableObject, storage: ObjectStorage, event: Alarm) -> Any
     """The stored alarm, if it is due by ``event.now``: its handler and its end, as one
     event — once it returns, the alarm is gone (unless it set a new one) before any other
     event can ask ``get_alarm()``. While it runs, ``get_alarm()`` says None, unless it set a
-    new alarm."""
+    new alarm. An ``Alarm`` event that finds a handler of the object running (a duplicate: one
+    forwarded from a process or node whose timer fired too) is done: that run takes care of it."""
+    if storage.alarm_running:
+        return True
     due = storage.alarm_now()
     if due is None or due > event.now:
         return due

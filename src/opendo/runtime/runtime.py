@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api.http import Request, Response
 from ..api.objects import DurableObject, Env, ExecutionContext, WorkerEntrypoint
 from ..core.clock import Clock, LoopClock
 from ..core.ids import DurableObjectId
-from ..core.protocols import Forwarder, Placement, StorageProvider
+from ..core.protocols import Forwarder, Placement, Service, StorageProvider
 from .alarms import AlarmRunner
 from .host import ObjectHost
 from .placement import LocalPlacement
@@ -57,8 +57,10 @@ class Runtime:
         forwarder: Forwarder | None = None,
         rng: random.Random | None = None,
         labels: Mapping[str, str] | None = None,  # class name -> id label (core.migrations)
+        services: Sequence[Service] = (),
     ) -> None:
         self.worker = worker
+        self.services = tuple(services)
         self.storage = storage
         self.placement: Placement = placement if placement is not None else LocalPlacement()
         self.forwarder = forwarder
@@ -138,6 +140,8 @@ class Runtime:
         self._started = True
         if self.forwarder is not None:
             self.forwarder.start()
+        for service in self.services:
+            service.start()
         for stored in self.storage.scan_alarms():
             self.alarms.restore(stored)
 
@@ -153,11 +157,18 @@ class Runtime:
     async def aclose(self) -> None:
         """Close every open WebSocket (1001, going away) and drop every object."""
         self.alarms.close()
-        for host in self.live_hosts():
-            host.shutdown(1001, "server shutting down")
-        self._hosts.clear()
+        self.drop_objects(1001, "server shutting down")
         if self.forwarder is not None:
             self.forwarder.close()
+        for service in self.services:
+            await service.aclose()
+
+    def drop_objects(self, code: int, reason: str) -> None:
+        """Drop every object now: their sockets close with ``code`` and ``reason``, their
+        storage closes (what was committed still goes on to be durable), their claims go."""
+        for host in self.live_hosts():
+            host.shutdown(code, reason)
+        self._hosts.clear()
 
     def statistics(self) -> dict[str, Any]:
         return {

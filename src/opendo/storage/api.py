@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ..core.codec import decode
 from ..core.context import current_event
 from ..core.errors import StorageError
-from ..core.storage import ObjectDatabase
+from ..core.storage import ObjectDatabase, PointInTime
 from .batches import Batches
 from .calls import DONE, Queued, Settled, gone, settled
 from .keys import Keys, Range, alarm_ms, get_keys, list_range, put_items
@@ -53,9 +53,12 @@ __all__ = [
     "StorageError",
     "SyncKV",
     "Transaction",
+    "bookmark_for_time_as",
+    "current_bookmark_as",
     "delete_alarm_as",
     "delete_all_as",
     "get_alarm_as",
+    "restore_bookmark_as",
     "set_alarm_as",
 ]
 
@@ -101,6 +104,7 @@ class Storage:
         db = self._db
         if db is None:
             raise gone(method)
+        db.check_live()
         owner = self._txn_owner
         if owner is not None and current_event() is not owner:
             raise StorageError(
@@ -287,6 +291,56 @@ class Storage:
             turn.add_done_callback(lambda t: _pass_failure(t, future))
         return future
 
+    # -- point-in-time recovery (cluster mode) ------------------------------------------------
+
+    def get_current_bookmark(self) -> asyncio.Future[str]:
+        """A bookmark of the storage's state now, once every write made so far is durable."""
+        return self._current_bookmark("get_current_bookmark")
+
+    def get_bookmark_for_time(self, timestamp: datetime | int | float) -> asyncio.Future[str]:
+        """A bookmark of the state the storage was in at ``timestamp`` (a datetime, or epoch
+        milliseconds), within the history kept."""
+        return self._bookmark_for_time(timestamp, "get_bookmark_for_time")
+
+    def on_next_session_restore_bookmark(self, bookmark: str) -> asyncio.Future[str]:
+        """The next time the object starts (``ctx.abort()`` restarts it), its storage is what
+        it was at ``bookmark``. Returns a bookmark of the state now, to undo it."""
+        return self._restore_bookmark(bookmark, "on_next_session_restore_bookmark")
+
+    def _current_bookmark(self, method: str) -> asyncio.Future[str]:
+        db = self._point_in_time(method)
+
+        async def after_sync() -> str:
+            await self.sync()
+            return db.current_bookmark()
+
+        return asyncio.ensure_future(after_sync())
+
+    def _bookmark_for_time(
+        self, timestamp: datetime | int | float, method: str
+    ) -> asyncio.Future[str]:
+        db = self._point_in_time(method)
+        return asyncio.ensure_future(db.bookmark_for_time(alarm_ms(timestamp, method)))
+
+    def _restore_bookmark(self, bookmark: str, method: str) -> asyncio.Future[str]:
+        db = self._point_in_time(method)
+
+        async def after_sync() -> str:
+            await self.sync()
+            return await db.restore_on_next_session(bookmark)
+
+        return asyncio.ensure_future(after_sync())
+
+    def _point_in_time(self, method: str) -> PointInTime:
+        db = self._database(method)
+        if not isinstance(db, PointInTime):
+            raise StorageError(
+                f"storage.{method}(): point-in-time recovery needs a cluster (opendo serve "
+                "--cluster postgresql://...), whose log of every commit it reads; this "
+                "object's storage keeps no history"
+            )
+        return db
+
     # -- the alarm ---------------------------------------------------------------------------
 
     def get_alarm(self) -> Awaitable[int | None]:
@@ -347,6 +401,10 @@ class Storage:
     def alarm_now(self) -> int | None:
         """The stored alarm, whatever a running handler should be told."""
         return self._database("get_alarm").alarm()
+
+    @property
+    def alarm_running(self) -> bool:
+        return self._in_alarm
 
     def alarm_started(self) -> None:
         self._in_alarm, self._alarm_set_in_handler = True, False
@@ -668,3 +726,20 @@ def delete_alarm_as(target: Storage | Transaction, method: str) -> Awaitable[Non
         target._check(method)._delete_alarm(method)
         return DONE
     return target._in_turn(method, True, target._delete_alarm, method)
+
+
+def current_bookmark_as(target: Storage, method: str) -> asyncio.Future[str]:
+    """``target.get_current_bookmark()``, whose errors name it ``method``."""
+    return target._current_bookmark(method)
+
+
+def bookmark_for_time_as(
+    target: Storage, timestamp: datetime | int | float, method: str
+) -> asyncio.Future[str]:
+    """``target.get_bookmark_for_time(timestamp)``, whose errors name it ``method``."""
+    return target._bookmark_for_time(timestamp, method)
+
+
+def restore_bookmark_as(target: Storage, bookmark: str, method: str) -> asyncio.Future[str]:
+    """``target.on_next_session_restore_bookmark(bookmark)``, whose errors name it ``method``."""
+    return target._restore_bookmark(bookmark, method)

@@ -126,7 +126,7 @@ class Batches:
                     # What the next instance may have read did not reach the disk.
                     failure = storage_failed(self.host, error, "synced to disk")
                     carry.fail(failure)
-                    self.host.reset(f"an earlier write failed: {failure}")
+                    self.host.reset(f"an earlier write failed: {failure}", failure)
             return
         if error is not None:
             failure = storage_failed(self.host, error, "synced to disk")
@@ -157,7 +157,7 @@ class Batches:
         self.batch_lock = None
         self.pending = []
         if not self.closed:
-            self.host.reset(str(failure))
+            self.host.reset(str(failure), failure)
 
     def close(self) -> None:
         """Roll back what was not committed and close the database (which lets go of the

@@ -13,9 +13,10 @@ than introspection, and any access to the runtime's own ``_opendo_*`` tables, an
 whether the statements may have changed the database. DDL changes no rows, so a ``CREATE
 TABLE IF NOT EXISTS`` run by every constructor is a change only if the schema version moved.
 
-``SqliteDatabase`` leaves to its driver where the connection comes from, the epoch check
-before each commit (``_check_epoch``), what follows a commit (``_committed``: the SQLite
-driver's lazy file), and durability (``sync``, ``close``). Every SQLite error leaves it as a
+``SqliteDatabase`` leaves to its driver where the connection comes from, the check before
+every call (``check_live``: the cluster's lease), the epoch check before each commit
+(``check_epoch``), what follows a commit (``committed``: the SQLite driver's lazy file, the
+cluster's replication), and durability (``sync``, ``close``). Every SQLite error leaves it as a
 ``StorageError``: ``SqlError`` from user SQL, else a ``DatabaseError`` (or, for a value past
 SQLite's limits, a plain one).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import StorageError, StorageUnavailableError
@@ -36,6 +38,8 @@ __all__ = [
     "RUNTIME_TABLES",
     "Guard",
     "SqliteDatabase",
+    "backup_to",
+    "check_export",
     "connect",
     "contents",
     "describe",
@@ -112,9 +116,13 @@ _READ_ACTIONS = frozenset(
 )
 
 
-def connect(path: str | None, *, read_only: bool = False) -> sqlite3.Connection:
+def connect(
+    path: str | None, *, read_only: bool = False, cache: bool = False
+) -> sqlite3.Connection:
     """A connection to the database file at ``path`` (WAL mode), or to a new one in memory;
-    ``read_only``: to read a file another process may be writing."""
+    ``read_only``: to read a file another process may be writing; ``cache``: a file that is a
+    cache of a database kept elsewhere (cluster mode) — never synced, checkpointed only when
+    its owner says so, and locked for this connection alone."""
     if read_only:
         assert path is not None
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -123,7 +131,12 @@ def connect(path: str | None, *, read_only: bool = False) -> sqlite3.Connection:
     )
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        if path is not None:
+        if path is not None and cache:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        elif path is not None:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         # Room for a record's header: the limit checked in Python is what callers meet.
@@ -203,6 +216,35 @@ def unavailable(label: str, why: str) -> StorageUnavailableError:
     )
 
 
+def check_export(source: Path) -> None:
+    """Refuse a file that is not an opendo object export (``StorageError``, saying why)."""
+    try:
+        conn = connect(str(source), read_only=True)
+    except sqlite3.Error as exc:
+        raise StorageError(f"{source} is not an opendo object export: {exc}") from None
+    try:
+        why = is_export(conn)
+    finally:
+        conn.close()
+    if why is not None:
+        raise StorageError(f"{source} is not an opendo object export ({why})")
+
+
+def backup_to(source: sqlite3.Connection, target: Path, label: str) -> None:
+    """A consistent copy of ``source`` as the new SQLite file ``target`` (SQLite's backup
+    API, in rollback-journal mode: one plain file); nothing is left of a failed one."""
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        target.unlink(missing_ok=True)
+        raise DatabaseError(f"cannot export {label} to {target}: {exc}") from exc
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -277,10 +319,14 @@ class SqliteDatabase:
 
     # -- what the driver decides ----------------------------------------------------------------
 
-    def _check_epoch(self) -> None:
+    def check_live(self) -> None:
+        """Raise (a ``StorageError``) if this handle may not be used now (the storage API asks
+        before every call)."""
+
+    def check_epoch(self) -> None:
         """Raise FencedError if this handle may no longer commit."""
 
-    def _committed(self) -> None:
+    def committed(self) -> None:
         """A commit just succeeded (``commits`` is its number)."""
 
     def sync(self, commit: int, done: Done) -> None:
@@ -329,7 +375,7 @@ class SqliteDatabase:
         conn = self._usable()
         if self.in_transaction:
             try:
-                self._check_epoch()
+                self.check_epoch()
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback_quietly()
@@ -338,7 +384,7 @@ class SqliteDatabase:
                 self._rollback_quietly()
                 raise
             self.commits += 1
-            self._committed()
+            self.committed()
         return self.commits
 
     def rollback(self) -> None:

@@ -81,7 +81,7 @@ class MemoryDatabase(SqliteDatabase):
         super().begin()
         kept.writer = self
 
-    def _check_epoch(self) -> None:
+    def check_epoch(self) -> None:
         if self._kept.epoch > self.epoch:
             raise FencedError(
                 f"the storage of {self.label} refused a commit: the newer epoch "

@@ -52,10 +52,11 @@ from ..core.storage import StorageDriver as StorageDriver
 from . import locks
 from .database import (
     SqliteDatabase,
+    backup_to,
+    check_export,
     connect,
     contents,
     describe,
-    is_export,
     prepare,
     set_name,
     unavailable,
@@ -113,14 +114,14 @@ class FileDatabase(SqliteDatabase):
         self._new_directory = False  # the first commit made the class directory
         self._wal_fd: int | None = None
 
-    def _check_epoch(self) -> None:
+    def check_epoch(self) -> None:
         why = locks.lost(self._held, self.epoch)
         if why is not None:
             raise FencedError(
                 f"the storage of {self.label} refused a commit: {why}; nothing of it was stored"
             )
 
-    def _committed(self) -> None:
+    def committed(self) -> None:
         if not self.file_pending:
             return
         try:
@@ -405,14 +406,7 @@ class SqliteDriver:
             raise StorageError(f"{target} exists; an export is written to a new file")
         source = connect(str(self.path_of(class_name, id)), read_only=True)
         try:
-            copy = sqlite3.connect(target)
-            try:
-                source.backup(copy)
-            finally:
-                copy.close()
-        except sqlite3.Error as exc:
-            target.unlink(missing_ok=True)
-            raise DatabaseError(f"cannot export {class_name}({id}) to {target}: {exc}") from exc
+            backup_to(source, target, f"{class_name}({id})")
         finally:
             source.close()
 
@@ -426,16 +420,7 @@ class SqliteDriver:
         replace: bool = False,
     ) -> str:
         source = Path(path)
-        try:
-            conn = connect(str(source), read_only=True)
-        except sqlite3.Error as exc:
-            raise StorageError(f"{source} is not an opendo object export: {exc}") from None
-        try:
-            why = is_export(conn)
-        finally:
-            conn.close()
-        if why is not None:
-            raise StorageError(f"{source} is not an opendo object export ({why})")
+        check_export(source)
         target = self.path_of(class_name, id)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not replace and self.stored(class_name, id) is not None:

@@ -1,18 +1,20 @@
-"""Events, results and errors as bytes, between opendo processes.
+"""Events, results and errors as bytes, between opendo processes and nodes.
 
-A frame is a 4-byte big-endian length and a message in opendo's value format (``core.codec``):
-a dict of plain values. What is not plain is written as a reference, a tuple
-``(REF, kind, ...)``: a stub, an id or a namespace (by class name and id, rebuilt on the other
-side from its runtime's bindings), a ``Request`` or a ``Response`` (method, URL, headers and the
-whole body). A function cannot cross: an RPC argument or result that holds one fails at the
-sender, naming where it was.
+What a link (``runtime.links``) carries, whichever transport is under it. A frame is a 4-byte
+big-endian length and a message in opendo's value format (``core.codec``): a dict of plain
+values. What is not plain is written as a reference, a tuple ``(REF, kind, ...)``: a stub, an
+id or a namespace (by class name and id, rebuilt on the other side from its runtime's
+bindings), a ``Request`` or a ``Response`` (method, URL, headers and the whole body). A function
+cannot cross: an RPC argument or result that holds one fails at the sender, naming where it
+was.
 
 Messages (``k``): ``call`` (an event for an object: ``n`` its number, ``c`` the class name, ``i``
 the id, ``m`` the name the id was made from, ``e`` the event), ``done`` (the answer to call
 ``n``: ``v`` a value, or ``err`` an error), and WebSocket relays for a socket accepted by an
 object in one process and connected to a client in another: ``ws`` (the object sent a
 message), ``wsin`` (the client did), ``wsclose`` (either closed; ``code``, ``reason``,
-``clean``).
+``clean``). A frame is at most ``MAX_FRAME`` bytes (256 MiB); a larger one closes the
+connection.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ MAX_FRAME = 256 * 1024 * 1024
 
 
 class WireError(Exception):
-    """A message from another process that cannot be read (a bug, or not an opendo peer)."""
+    """A message from another process or node that cannot be read (a bug, or not an opendo
+    peer)."""
 
 
 class Bindings(Protocol):
@@ -117,8 +120,8 @@ def encode_value(value: Any, where: str = "value") -> Any:
         return (REF, "ns", value.object_class.__name__)
     if callable(value):
         raise CodecError(
-            f"{where} is a function, which cannot be sent to another process (the object "
-            "it calls lives in another process of this server)"
+            f"{where} is a function, which cannot be sent to another process or node (the "
+            "object it calls lives in another process or node of this server)"
         )
     return value  # sets, dates and the rest: the codec writes them, or says why not
 
