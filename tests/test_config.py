@@ -958,3 +958,93 @@ def test_runtime_named_entrypoint_not_an_entrypoint(tmp_path: Path) -> None:
 
     assert message.startswith(f"{toml_path(root)}: main: ")
     assert "no WorkerEntrypoint subclass named 'Chat'" in message
+
+
+# -- [cluster] ------------------------------------------------------------------------------------
+
+CLUSTER = MINIMAL + textwrap.dedent(
+    """
+    [cluster]
+    url = "postgresql://opendo@127.0.0.1:5432/opendo"
+    advertise = "127.0.0.1:7000"
+    lease_seconds = 5
+    """
+)
+
+
+def test_the_cluster_table_gives_the_cluster_options(tmp_path: Path) -> None:
+    from opendo.project.cluster import cluster_options
+
+    config = load_config(write_project(tmp_path, CLUSTER))
+    options = cluster_options(config)
+    assert options is not None
+    assert (options.url, options.advertise, options.lease_seconds) == (
+        "postgresql://opendo@127.0.0.1:5432/opendo",
+        "127.0.0.1:7000",
+        5.0,
+    )
+    # the command line wins
+    options = cluster_options(config, advertise="127.0.0.1:7100", lease_seconds=3, workers=2)
+    assert options is not None
+    assert (options.advertise, options.lease_seconds, options.workers) == ("127.0.0.1:7100", 3, 2)
+    assert cluster_options(load_config(write_project(tmp_path / "plain", MINIMAL))) is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('secret = "s3cr3t"', "cluster.secret: the node secret is never read from the TOML"),
+        ("port = 1", "cluster.port: unknown key; expected one of advertise, lease_seconds"),
+        ("lease_seconds = 0", "cluster.lease_seconds: expected seconds 1..3600, got a number (0)"),
+        ("url = 5", "cluster.url: expected a PostgreSQL URL"),
+    ],
+)
+def test_a_bad_cluster_table_is_refused(tmp_path: Path, table: str, message: str) -> None:
+    root = write_project(tmp_path, MINIMAL + f"[cluster]\n{table}\n")
+    assert message in config_error(root)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"url": "mysql://x/y"}, "expected a PostgreSQL URL"),
+        ({"url": "postgresql://x/y"}, "cluster mode needs --advertise HOST:PORT"),
+        ({"url": "postgresql://x/y", "advertise": "nowhere"}, "--advertise 'nowhere'"),
+        ({"advertise": "127.0.0.1:7000"}, "--advertise and --lease-seconds need --cluster URL"),
+    ],
+)
+def test_bad_cluster_options_are_refused(
+    tmp_path: Path, kwargs: dict[str, str], message: str
+) -> None:
+    from opendo.project.cluster import cluster_options
+
+    config = load_config(write_project(tmp_path, MINIMAL))
+    with pytest.raises(ConfigError, match=message):
+        cluster_options(config, **kwargs)
+
+
+def test_the_node_secret_comes_from_dev_vars_and_never_reaches_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opendo.project.cluster import cluster_secret
+
+    monkeypatch.delenv("OPENDO_CLUSTER_SECRET", raising=False)
+    root = write_project(
+        tmp_path, CLUSTER, files={".dev.vars": "OPENDO_CLUSTER_SECRET=" + "k" * 32 + "\nA=1\n"}
+    )
+    config = load_config(root)
+    assert cluster_secret(config) == b"k" * 32
+    runtime = Runtime.from_config(config)
+    assert runtime.env.A == "1"
+    assert not hasattr(runtime.env, "OPENDO_CLUSTER_SECRET")
+    monkeypatch.setenv("OPENDO_CLUSTER_SECRET", "e" * 20)  # the environment wins
+    assert cluster_secret(config) == b"e" * 20
+    monkeypatch.setenv("OPENDO_CLUSTER_SECRET", "short")
+    with pytest.raises(ConfigError, match="is 5 bytes; it must be at least 16"):
+        cluster_secret(config)
+    monkeypatch.delenv("OPENDO_CLUSTER_SECRET")
+    (root / ".dev.vars").write_text("A=1\n")
+    with pytest.raises(
+        ConfigError, match="needs the nodes' shared secret in OPENDO_CLUSTER_SECRET"
+    ):
+        cluster_secret(load_config(root))

@@ -1,9 +1,10 @@
 """The storage contract: ``ctx.storage`` (KV, SQL, transactions), driven the way users drive it.
 
 Every test runs against every storage driver (the ``driver`` fixture): ``SqliteDriver`` over
-real files in a temporary directory, and ``MemoryDriver``. A new backend joins the contract by
-being added to ``DRIVERS`` (and, if it is not reopened by building it again over the same
-place, to ``reopen``).
+real files in a temporary directory, ``MemoryDriver``, and a cluster node on a real PostgreSQL
+(``ClusterStore``: its storage is an SQLite cache replicated to PostgreSQL, which must behave
+exactly as the others). A new backend joins the contract by being added to ``driver`` (and,
+if it is not reopened by building it again over the same place, to ``reopen``).
 
 Objects are driven through stubs, in-process: ``Box.run(fn)`` runs ``fn(instance)`` inside the
 object as one RPC call (in-process RPC arguments are passed by reference, so ``fn`` may be a
@@ -21,15 +22,18 @@ import math
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from clusters import cluster_runtime
 from conftest import reopen, run_inside
 
 from opendo import (
     CodecError,
     DurableObject,
     DurableObjectError,
+    MemoryDriver,
     Runtime,
     SqlError,
     SqliteDriver,
@@ -41,6 +45,8 @@ from opendo.runtime.stubs import DurableObjectStub
 from opendo.storage.database import RUNTIME_TABLES
 
 MIB = 1024 * 1024
+
+pytest_plugins = ["pg"]
 
 
 # -- objects --------------------------------------------------------------------------------
@@ -72,8 +78,34 @@ class Thing:
 # -- fixtures -------------------------------------------------------------------------------
 
 
-def make_runtime(driver: StorageDriver) -> Runtime:
-    return Runtime(bindings={"BOX": Box, "COUNTER": Counter}, storage=driver)
+class ClusterStore:
+    """The cluster "driver": where a node's objects are (a PostgreSQL database); each runtime
+    made over it is a new node, which restores what the last one wrote."""
+
+    def __init__(self, dsn: str, directory: Path) -> None:
+        self.dsn = dsn
+        self.directory = directory
+        self.nodes = 0
+
+
+@pytest.fixture(params=["sqlite", "memory", "cluster"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        return SqliteDriver(tmp_path / "data")
+    if request.param == "memory":
+        return MemoryDriver()
+    return ClusterStore(request.getfixturevalue("pg_database").dsn, tmp_path / "caches")
+
+
+def make_runtime(driver: Any) -> Runtime:
+    bindings = {"BOX": Box, "COUNTER": Counter}
+    if isinstance(driver, ClusterStore):
+        driver.nodes += 1
+        _, runtime = cluster_runtime(
+            driver.dsn, driver.directory / str(driver.nodes), bindings, lease=30
+        )
+        return runtime
+    return Runtime(bindings=bindings, storage=driver)
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """``opendo objects …``: list, inspect, export, import and delete objects in a persist
-directory.
+directory, or in a cluster's PostgreSQL (``--cluster URL``).
 
-Everything goes through the persist directory's storage driver (``SqliteDriver``), whose
-admin operations are part of the ``StorageDriver`` protocol. Reading is safe while a server
-runs (SQLite readers never block its writer, and an export is a consistent snapshot through
-SQLite's backup API). Writing — import, delete — takes the object's hold first, and refuses
-while a running server holds it.
+Everything goes through the storage driver of where the objects are (``SqliteDriver`` for a
+persist directory, ``ClusterDriver`` for a cluster), whose admin operations are part of the
+``StorageDriver`` protocol. Reading is safe while servers run (SQLite readers never block its
+writer, and an export is a consistent snapshot; a cluster's object is read as a new owner
+would restore it). Writing — import, delete — takes the object first, and refuses while a
+running server (or node) holds it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from .core.errors import StorageError
 from .core.ids import NamespaceKey
 from .core.migrations import MigrationError
 from .core.storage import StorageDriver, StoredObject
-from .storage.sqlite import SqliteDriver
+from .project.cluster import driver_for, where_shown
 
 __all__ = [
     "AdminError",
     "ObjectInfo",
+    "Where",
     "delete",
     "export",
     "find",
@@ -34,6 +36,9 @@ __all__ = [
     "objects",
     "show",
 ]
+
+
+Where = Path | str  # a persist directory, or a cluster's PostgreSQL URL
 
 
 class AdminError(Exception):
@@ -47,7 +52,7 @@ class ObjectInfo:
     name: str | None
     size: int
     alarm_ms: int | None
-    persist: Path
+    persist: Where
 
     @property
     def alarm(self) -> str | None:
@@ -60,17 +65,17 @@ class ObjectInfo:
         return _driver(self.persist)
 
 
-def _driver(persist: Path) -> StorageDriver:
-    return SqliteDriver(persist)
+def _driver(where: Where) -> StorageDriver:
+    return driver_for(where)
 
 
-def _info(persist: Path, stored: StoredObject) -> ObjectInfo:
+def _info(persist: Where, stored: StoredObject) -> ObjectInfo:
     return ObjectInfo(
         stored.class_name, stored.id, stored.name, stored.size, stored.alarm_ms, persist
     )
 
 
-def namespace_key(persist: Path, class_name: str) -> NamespaceKey:
+def namespace_key(persist: Where, class_name: str) -> NamespaceKey:
     """The key of the class's ids: from its label, which migrations keep through renames."""
     try:
         labels = _driver(persist).read_migrations().labels
@@ -79,20 +84,20 @@ def namespace_key(persist: Path, class_name: str) -> NamespaceKey:
     return NamespaceKey(labels.get(class_name, class_name))
 
 
-def objects(persist: Path, class_name: str | None = None) -> Iterator[ObjectInfo]:
-    """Every object stored under ``persist`` (of one class, if given), by class then id."""
+def objects(persist: Where, class_name: str | None = None) -> Iterator[ObjectInfo]:
+    """Every object stored in ``persist`` (of one class, if given), by class then id."""
     for stored in _driver(persist).objects(class_name):
         yield _info(persist, stored)
 
 
-def find(persist: Path, ref: str, class_name: str | None) -> ObjectInfo:
+def find(persist: Where, ref: str, class_name: str | None) -> ObjectInfo:
     """The object named by ``ref``: its 64-hex id, or the name it was made from (with the
     class, unless only one class has objects)."""
     ref = ref.strip()
     if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):
         matches = [o for o in objects(persist, class_name) if o.id == ref.lower()]
         if not matches:
-            raise AdminError(f"no object with id {ref} under {persist}")
+            raise AdminError(f"no object with id {ref} in {where_shown(persist)}")
         if len(matches) > 1:
             several = ", ".join(o.class_name for o in matches)
             raise AdminError(f"id {ref} exists in several classes ({several}): give --namespace")
@@ -105,7 +110,7 @@ def find(persist: Path, ref: str, class_name: str | None) -> ObjectInfo:
         if stored is not None:
             found.append(_info(persist, stored))
     if not found:
-        raise AdminError(f"no object named {ref!r} under {persist}")
+        raise AdminError(f"no object named {ref!r} in {where_shown(persist)}")
     if len(found) > 1:
         raise AdminError(f"several classes have an object named {ref!r}: give --namespace")
     return found[0]
@@ -141,7 +146,7 @@ def export(info: ObjectInfo, output: Path) -> None:
 
 
 def import_(
-    persist: Path, class_name: str, id: str, name: str | None, source: Path, *, replace: bool
+    persist: Where, class_name: str, id: str, name: str | None, source: Path, *, replace: bool
 ) -> str:
     """Put an exported database in place as object ``id`` of ``class_name`` (made from
     ``name``, if it was); where it was put."""
@@ -156,4 +161,7 @@ def import_(
 
 def delete(info: ObjectInfo) -> None:
     """Remove the object's database (refused while a server holds it)."""
-    info.driver.delete(info.class_name, info.id)
+    try:
+        info.driver.delete(info.class_name, info.id)
+    except StorageError as exc:
+        raise AdminError(str(exc)) from None

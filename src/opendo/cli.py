@@ -37,7 +37,9 @@ def _run(
     log_level: str,
     limits: dict[str, Any],
     workers: int = 1,
+    cluster: dict[str, Any] | None = None,
 ) -> None:
+    from .project.cluster import cluster_driver, cluster_options, cluster_secret
     from .project.serve import serve
 
     try:
@@ -51,7 +53,12 @@ def _run(
         persist = (persist_to or config.root / ".opendo" / "state").resolve()
         check_persist_dir(config, persist)  # not inside the assets
         check_persist_directory(persist)  # a read-only or full one: refused now, clearly
-        pending(config.migrations, read_migrations(persist))  # and these, in the server
+        options = cluster_options(config, workers=workers, **(cluster or {}))
+        if options is None:
+            pending(config.migrations, read_migrations(persist))  # and these, in the server
+        else:
+            cluster_secret(config)  # there, or refused now
+            pending(config.migrations, cluster_driver(options).read_migrations())
         serve(
             config.root,
             host=ip or config.dev_ip or "127.0.0.1",
@@ -64,6 +71,7 @@ def _run(
             log_level=log_level,
             limits=chosen,
             workers=workers,
+            cluster=options,
         )
     except (ConfigError, MigrationError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
@@ -178,6 +186,28 @@ class _Workers(click.ParamType[int, Any]):
     help="Server processes on one port (auto: one per core). Each object lives in one of them; "
     "the others forward to it.",
 )
+@click.option(
+    "--cluster",
+    "cluster_url",
+    default=None,
+    metavar="postgresql://USER@HOST:PORT/DB",
+    help="Serve as a node of the cluster whose objects this PostgreSQL database keeps "
+    "(the node secret: OPENDO_CLUSTER_SECRET). Default: [cluster] url, else none.",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    metavar="HOST:PORT",
+    help="Where the other nodes reach this one (with --workers N: PORT..PORT+N-1). "
+    "Default: [cluster] advertise.",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(1, 3600),
+    default=None,
+    help="How long a node keeps its objects without renewing its lease; a failover takes "
+    "about this long. Default: [cluster] lease_seconds, else 10.",
+)
 def serve(
     project: Path,
     port: int | None,
@@ -186,10 +216,14 @@ def serve(
     env: str | None,
     log_level: str,
     workers: int,
+    cluster_url: str | None,
+    advertise: str | None,
+    lease_seconds: float | None,
     **limits: Any,
 ) -> None:
     """Run PROJECT in production (no reloading)."""
-    _run(project, port, ip, persist_to, env, False, log_level, _limits(limits), workers)
+    cluster = {"url": cluster_url, "advertise": advertise, "lease_seconds": lease_seconds}
+    _run(project, port, ip, persist_to, env, False, log_level, _limits(limits), workers, cluster)
 
 
 # -- opendo objects ---------------------------------------------------------------------------
@@ -214,6 +248,14 @@ def _admin_options(f: F) -> F:
         help="The storage directory. Default: PROJECT/.opendo/state.",
     )(f)
     f = click.option(
+        "--cluster",
+        "cluster_url",
+        default=None,
+        metavar="postgresql://USER@HOST:PORT/DB",
+        help="The objects of this cluster instead (default: [cluster] url of the project, "
+        "if --persist-to is not given).",
+    )(f)
+    f = click.option(
         "--project",
         type=click.Path(path_type=Path),
         default=Path("."),
@@ -224,8 +266,9 @@ def _admin_options(f: F) -> F:
 
 
 def _where(
-    project: Path, persist_to: Path | None, namespace: str | None
-) -> tuple[Path, str | None]:
+    project: Path, persist_to: Path | None, namespace: str | None, cluster_url: str | None = None
+) -> tuple[Path | str, str | None]:
+    """Where the objects are (a persist directory, or a cluster's URL), and the class."""
     class_name = namespace
     try:
         config = load_config(project)
@@ -235,6 +278,10 @@ def _where(
         for binding in config.bindings:
             if namespace == binding.name:
                 class_name = binding.class_name
+    if cluster_url is not None:
+        return cluster_url, class_name
+    if persist_to is None and config is not None and config.cluster.url is not None:
+        return config.cluster.url, class_name
     root = config.root if config is not None else project
     return (persist_to or root / ".opendo" / "state"), class_name
 
@@ -245,7 +292,7 @@ def _admin(action: Callable[[], None]) -> None:
 
     try:
         action()
-    except (AdminError, ObjectInUseError) as exc:
+    except (AdminError, ObjectInUseError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
         sys.exit(1)
 
@@ -254,15 +301,24 @@ def _admin(action: Callable[[], None]) -> None:
 @_admin_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def objects_list(
-    project: Path, persist_to: Path | None, namespace: str | None, as_json: bool
+    project: Path,
+    persist_to: Path | None,
+    cluster_url: str | None,
+    namespace: str | None,
+    as_json: bool,
 ) -> None:
     """Every stored object: class, id, the name it was made from, size, alarm."""
     import json
 
     from .admin import objects as stored
+    from .project.cluster import where_shown
 
-    persist, class_name = _where(project, persist_to, namespace)
-    rows = list(stored(persist, class_name))
+    persist, class_name = _where(project, persist_to, namespace, cluster_url)
+    try:
+        rows = list(stored(persist, class_name))
+    except StorageError as exc:
+        click.echo(f"opendo: {exc}", err=True)
+        sys.exit(1)
     if as_json:
         for o in rows:
             record = {
@@ -275,7 +331,7 @@ def objects_list(
             click.echo(json.dumps(record))
         return
     if not rows:
-        click.echo(f"no objects under {persist}")
+        click.echo(f"no objects in {where_shown(persist)}")
         return
     click.echo(f"{'CLASS':<12} {'ID':<64} {'SIZE':>9}  {'ALARM':<25} NAME")
     for o in rows:
@@ -288,12 +344,14 @@ def objects_list(
 @objects.command("show")
 @click.argument("ref")
 @_admin_options
-def objects_show(ref: str, project: Path, persist_to: Path | None, namespace: str | None) -> None:
+def objects_show(
+    ref: str, project: Path, persist_to: Path | None, cluster_url: str | None, namespace: str | None
+) -> None:
     """Keys and values, SQL tables with row counts, of object REF (an id or a name)."""
     from .admin import find, show
 
     def run() -> None:
-        persist, class_name = _where(project, persist_to, namespace)
+        persist, class_name = _where(project, persist_to, namespace, cluster_url)
         info = show(find(persist, ref, class_name))
         click.echo(f"{info['class']} {info['id']}")
         click.echo(f"  name:  {info['name'] if info['name'] is not None else '-'}")
@@ -320,13 +378,18 @@ def objects_show(ref: str, project: Path, persist_to: Path | None, namespace: st
     help="Where to write the SQLite file. Default: ./<id>.sqlite",
 )
 def objects_export(
-    ref: str, project: Path, persist_to: Path | None, namespace: str | None, output: Path | None
+    ref: str,
+    project: Path,
+    persist_to: Path | None,
+    cluster_url: str | None,
+    namespace: str | None,
+    output: Path | None,
 ) -> None:
     """Write object REF's storage to one SQLite file (safe while the server runs)."""
     from .admin import export, find
 
     def run() -> None:
-        persist, class_name = _where(project, persist_to, namespace)
+        persist, class_name = _where(project, persist_to, namespace, cluster_url)
         info = find(persist, ref, class_name)
         target = output or Path(f"{info.id}.sqlite")
         export(info, target)
@@ -345,6 +408,7 @@ def objects_import(
     file: Path,
     project: Path,
     persist_to: Path | None,
+    cluster_url: str | None,
     namespace: str | None,
     id_: str | None,
     name: str | None,
@@ -354,7 +418,7 @@ def objects_import(
     from .admin import AdminError, import_, namespace_key
 
     def run() -> None:
-        persist, class_name = _where(project, persist_to, namespace)
+        persist, class_name = _where(project, persist_to, namespace, cluster_url)
         if class_name is None:
             raise AdminError("give --namespace: the binding or class the object belongs to")
         if (id_ is None) == (name is None):
@@ -375,13 +439,18 @@ def objects_import(
 @_admin_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def objects_delete(
-    ref: str, project: Path, persist_to: Path | None, namespace: str | None, yes: bool
+    ref: str,
+    project: Path,
+    persist_to: Path | None,
+    cluster_url: str | None,
+    namespace: str | None,
+    yes: bool,
 ) -> None:
     """Delete object REF's storage (refused while a running server holds it)."""
     from .admin import delete, find
 
     def run() -> None:
-        persist, class_name = _where(project, persist_to, namespace)
+        persist, class_name = _where(project, persist_to, namespace, cluster_url)
         info = find(persist, ref, class_name)
         label = f"{info.class_name} {info.id}" + (f" ({info.name})" if info.name else "")
         if not yes and not click.confirm(f"delete {label}?", default=False):

@@ -23,11 +23,17 @@
     [runtime]
     idle_timeout = 70                  # seconds before an idle object is evicted
 
+    [cluster]                          # opendo serve in a cluster (or --cluster URL ...)
+    url = "postgresql://opendo@db.internal:5432/opendo"
+    advertise = "10.0.0.5:7000"        # where the other nodes reach this one
+    lease_seconds = 10
+
     [env.prod]                         # `--env prod`: these keys replace the top-level ones
     vars = { GREETING = "hi" }
 
 Secrets come from ``.dev.vars`` (``KEY=value`` lines) beside the file, or ``.dev.vars.<env>``
-when an environment is selected — never from the TOML. Every mistake is reported as a
+when an environment is selected — never from the TOML (the cluster's node secret neither:
+``OPENDO_CLUSTER_SECRET``, in the environment or ``.dev.vars``). Every mistake is reported as a
 ``ConfigError`` that names the file, the key and what was expected.
 
 The assets directory is served to anyone, so it must hold nothing else: one that contains
@@ -47,8 +53,10 @@ from ..core.errors import ConfigError
 from ..core.migrations import Migration, simulate
 
 __all__ = [
+    "CLUSTER_SECRET",
     "AssetsConfig",
     "Binding",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "Migration",
@@ -57,6 +65,7 @@ __all__ = [
 ]
 
 CONFIG_NAME = "opendo.toml"
+CLUSTER_SECRET = "OPENDO_CLUSTER_SECRET"  # the nodes' shared secret: environment or .dev.vars
 _NOT_FOUND_HANDLING = ("none", "single-page-application")
 _TOP_KEYS = {
     "name",
@@ -67,6 +76,7 @@ _TOP_KEYS = {
     "assets",
     "runtime",
     "dev",
+    "cluster",
     "env",
     "compatibility_date",
     "compatibility_flags",
@@ -88,6 +98,16 @@ class AssetsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """The ``[cluster]`` table: what ``opendo serve --cluster ...`` takes as options."""
+
+    url: str | None = None
+    advertise: str | None = None
+    lease_seconds: float | None = None
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     name: str
@@ -103,10 +123,16 @@ class Config:
     dev_port: int | None = None
     dev_ip: str | None = None
     env_name: str | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    @property
+    def worker_secrets(self) -> dict[str, str]:
+        """The secrets the Worker's ``env`` gets: all but the cluster's node secret."""
+        return {k: v for k, v in self.secrets.items() if k != CLUSTER_SECRET}
 
 
 class _Checker:
@@ -309,6 +335,8 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
     if ip is not None:
         check.string(ip, "dev.ip", "an IP address")
 
+    cluster = _cluster(check, check.table(data.get("cluster", {}), "cluster"))
+
     return Config(
         path=path,
         name=name,
@@ -324,6 +352,31 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         dev_port=port,
         dev_ip=ip,
         env_name=env,
+        cluster=cluster,
+    )
+
+
+def _cluster(check: _Checker, table: dict[str, Any]) -> ClusterConfig:
+    if "secret" in table:
+        raise check.fail(
+            "cluster.secret",
+            "the node secret is never read from the TOML: set OPENDO_CLUSTER_SECRET in the "
+            "environment or in .dev.vars",
+        )
+    check.keys(table, {"url", "advertise", "lease_seconds", "listen"}, "cluster")
+    url = table.get("url")
+    if url is not None:
+        check.string(url, "cluster.url", "a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
+    for key in ("advertise", "listen"):
+        if table.get(key) is not None:
+            check.string(table[key], f"cluster.{key}", "HOST:PORT")
+    lease = table.get("lease_seconds")
+    if lease is not None and (
+        isinstance(lease, bool) or not isinstance(lease, int | float) or not 1 <= lease <= 3600
+    ):
+        raise check.fail("cluster.lease_seconds", f"expected seconds 1..3600, got {_kind(lease)}")
+    return ClusterConfig(
+        url, table.get("advertise"), None if lease is None else float(lease), table.get("listen")
     )
 
 

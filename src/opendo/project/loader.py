@@ -13,7 +13,7 @@ import importlib.util
 import random
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,7 +23,7 @@ from ..api.objects import DurableObject, WorkerEntrypoint
 from ..core.clock import Clock
 from ..core.errors import ConfigError
 from ..core.migrations import apply as apply_migrations
-from ..core.protocols import Forwarder, Placement
+from ..core.protocols import Forwarder, Placement, Service, StorageProvider
 from ..runtime import runtime as engine
 from ..storage import Storages
 from ..storage.sqlite import MemoryDriver, StorageDriver
@@ -59,10 +59,12 @@ class Runtime(engine.Runtime):
         labels: Mapping[str, str] | None = None,  # class name -> id label (core.migrations)
         placement: Placement | None = None,
         forwarder: Forwarder | None = None,
+        provider: StorageProvider | None = None,
+        services: Sequence[Service] = (),
     ) -> None:
         self.storage_driver: StorageDriver = storage if storage is not None else MemoryDriver()
         super().__init__(
-            storage=Storages(self.storage_driver),
+            storage=provider if provider is not None else Storages(self.storage_driver),
             worker=worker,
             bindings=bindings,
             vars=vars,
@@ -73,6 +75,7 @@ class Runtime(engine.Runtime):
             forwarder=forwarder,
             rng=rng,
             labels=labels,
+            services=services,
         )
 
     @classmethod
@@ -84,9 +87,13 @@ class Runtime(engine.Runtime):
         storage: StorageDriver | None = None,
         placement: Placement | None = None,
         forwarder: Forwarder | None = None,
+        provider: StorageProvider | None = None,
+        services: Sequence[Service] = (),
     ) -> Runtime:
         """Import the project's main module, bind its classes as the config says, and apply
-        the config's pending migrations to the storage."""
+        the config's pending migrations to the storage (``storage``: the driver, which for a
+        cluster keeps the migration record; ``provider``: where objects' storage comes from,
+        when that is not ``storage``)."""
         module = import_main(config.main)
         worker = find_worker(module, config)
         bindings: dict[str, type[DurableObject]] = {}
@@ -110,7 +117,7 @@ class Runtime(engine.Runtime):
         return cls(
             worker=worker,
             bindings=bindings,
-            vars={**config.vars, **config.secrets},
+            vars={**config.vars, **config.worker_secrets},
             clock=clock,
             idle_timeout=config.idle_timeout,
             hibernation_timeout=config.hibernation_timeout,
@@ -118,6 +125,8 @@ class Runtime(engine.Runtime):
             labels=labels,
             placement=placement,
             forwarder=forwarder,
+            provider=provider,
+            services=services,
         )
 
 

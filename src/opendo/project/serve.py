@@ -29,6 +29,13 @@ from ..server.assets import Assets
 from ..server.gateway import Limits
 from ..server.http import HttpProtocol
 from ..storage.sqlite import SqliteDriver, StorageDriver
+from .cluster import (
+    ClusterOptions,
+    cluster_driver,
+    cluster_options,
+    cluster_secret,
+    make_node,
+)
 from .config import check_persist_dir, load_config
 from .loader import Runtime
 
@@ -41,6 +48,7 @@ _ENV_ENV = "OPENDO_ENV"
 _ENV_PERSIST = "OPENDO_PERSIST_TO"
 _ENV_LOG_LEVEL = "OPENDO_LOG_LEVEL"
 _ENV_LIMITS = "OPENDO_LIMITS"
+_ENV_CLUSTER = "OPENDO_CLUSTER"
 
 
 def create_app(
@@ -51,8 +59,10 @@ def create_app(
     clock: Clock | None = None,
     storage: StorageDriver | None = None,
     limits: Limits | None = None,
+    cluster: ClusterOptions | None = None,
 ) -> App:
-    """The ASGI application of the project in ``project`` (a directory or its opendo.toml).
+    """The ASGI application of the project in ``project`` (a directory or its opendo.toml):
+    embedded, or a node of a cluster (``cluster``, or ``[cluster]`` in opendo.toml).
 
     ::
 
@@ -63,17 +73,32 @@ def create_app(
     config = load_config(project, env)
     persist = Path(persist_to) if persist_to is not None else config.root / ".opendo" / "state"
     check_persist_dir(config, persist)
-    driver = storage if storage is not None else SqliteDriver(persist)
-    placement, forwarder = None, None
-    if isinstance(driver, SqliteDriver):
-        # Any process serving this directory may own objects: find them by their locks.
-        forwarder = ProcessForwarder(driver.directory)
-        placement = LockPlacement(driver, forwarder)
-    runtime = Runtime.from_config(
-        config, clock=clock, storage=driver, placement=placement, forwarder=forwarder
-    )
-    if forwarder is not None:
-        forwarder.attach(runtime)
+    options = cluster if cluster is not None else cluster_options(config)
+    if options is not None:
+        # A node of a cluster: PostgreSQL is the truth, this directory only its cache.
+        node = make_node(options, cluster_secret(config), persist)
+        runtime = Runtime.from_config(
+            config,
+            clock=clock,
+            storage=cluster_driver(options),
+            placement=node.placement,
+            forwarder=node.forwarder,
+            provider=node.storages,
+            services=[node],
+        )
+        node.attach(runtime)
+    else:
+        driver = storage if storage is not None else SqliteDriver(persist)
+        placement, forwarder = None, None
+        if isinstance(driver, SqliteDriver):
+            # Any process serving this directory may own objects: find them by their locks.
+            forwarder = ProcessForwarder(driver.directory)
+            placement = LockPlacement(driver, forwarder)
+        runtime = Runtime.from_config(
+            config, clock=clock, storage=driver, placement=placement, forwarder=forwarder
+        )
+        if forwarder is not None:
+            forwarder.attach(runtime)
     assets = None
     if config.assets is not None:
         assets = Assets(config.assets.directory, config.assets.not_found_handling)
@@ -82,6 +107,11 @@ def create_app(
 
 def _limits_from_environ() -> Limits:
     return Limits(**json.loads(os.environ.get(_ENV_LIMITS) or "{}"))
+
+
+def _cluster_from_environ() -> ClusterOptions | None:
+    fields = json.loads(os.environ.get(_ENV_CLUSTER) or "null")
+    return None if fields is None else ClusterOptions(**fields)
 
 
 def _app_from_environ() -> App:
@@ -93,6 +123,7 @@ def _app_from_environ() -> App:
             env=os.environ.get(_ENV_ENV) or None,
             persist_to=os.environ.get(_ENV_PERSIST) or None,
             limits=_limits_from_environ(),
+            cluster=_cluster_from_environ(),
         )
     except (ConfigError, MigrationError) as exc:
         print(f"opendo: {exc}", file=sys.stderr, flush=True)
@@ -198,13 +229,15 @@ def serve(
     log_level: str = "info",
     limits: Limits | None = None,
     workers: int = 1,
+    cluster: ClusterOptions | None = None,
 ) -> None:
     """Run the project's server in the foreground until SIGINT or SIGTERM: one process, or
     ``workers`` processes on one socket (objects live in the one that holds their lock, and
-    the others forward to it)."""
+    the others forward to it); in a ``cluster``, each process is a node of it."""
     limits = limits or Limits()
     os.environ[_ENV_LOG_LEVEL] = log_level
     os.environ[_ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
+    os.environ[_ENV_CLUSTER] = json.dumps(None if cluster is None else cluster.to_json())
     config = load_config(project, env)  # fail early, with a clear message
     os.environ[_ENV_PROJECT] = str(config.path)
     os.environ[_ENV_ENV] = env or ""
@@ -235,7 +268,8 @@ def serve(
         _setup_logging()
         uv_config.workers = workers
         # Pending migrations move data: once, here, before any worker opens an object.
-        apply_migrations(SqliteDriver(persist_to), config.migrations)
+        driver = SqliteDriver(persist_to) if cluster is None else cluster_driver(cluster)
+        apply_migrations(driver, config.migrations)
         _Workers(uv_config, sockets=[uv_config.bind_socket()]).run()
     else:
         _setup_logging()

@@ -103,8 +103,7 @@ These raise ``NotSupportedError`` (a ``NotImplementedError``) saying so: outboun
 the Worker class should be: the project is refused when it loads);
 ``WorkflowEntrypoint``; ``import_from_javascript``; ``patch_env``; jurisdictions
 (``env.NS.jurisdiction()``, ``newUniqueId({"jurisdiction": …})``); ``getExisting``;
-point-in-time recovery (``getCurrentBookmark``, ``getBookmarkForTime``,
-``onNextSessionRestoreBookmark``); ``setHibernatableWebSocketEventTimeout``;
+``setHibernatableWebSocketEventTimeout``;
 ``ctx.props``, ``ctx.exports``, ``ctx.container``, ``ctx.facets``; a Worker's
 ``ctx.passThroughOnException()``. ``js`` provides only ``WebSocketPair``,
 ``WebSocketRequestResponsePair`` and ``Date`` (others raise ``AttributeError``), and there is

@@ -12,7 +12,7 @@ from collections.abc import (
     Mapping,
 )
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from ..api.http import Headers
 from ..storage import api as _storage
@@ -29,7 +29,6 @@ from .helpers import (
     _plain,
     _resolve,
 )
-from .unsupported import _unsupported
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -239,14 +238,14 @@ class Storage:
     def transactionSync(self, fn: Callable[[], _T]) -> _T:
         return self._storage.transaction_sync(fn)
 
-    def getCurrentBookmark(self) -> NoReturn:
-        _unsupported("storage.getCurrentBookmark()", "there is no point-in-time recovery")
+    def getCurrentBookmark(self) -> Awaitable[str]:
+        return _storage.current_bookmark_as(self._storage, "getCurrentBookmark")
 
-    def getBookmarkForTime(self, timestamp: Any) -> NoReturn:
-        _unsupported("storage.getBookmarkForTime()", "there is no point-in-time recovery")
+    def getBookmarkForTime(self, timestamp: Any) -> Awaitable[str]:
+        return _storage.bookmark_for_time_as(self._storage, timestamp, "getBookmarkForTime")
 
-    def onNextSessionRestoreBookmark(self, bookmark: str) -> NoReturn:
-        _unsupported("storage.onNextSessionRestoreBookmark()", "there is no point-in-time recovery")
+    def onNextSessionRestoreBookmark(self, bookmark: str) -> Awaitable[str]:
+        return _storage.restore_bookmark_as(self._storage, bookmark, "onNextSessionRestoreBookmark")
 
     def __getattr__(self, name: str) -> Any:
         # snake_case names, and the runtime's own calls on ``instance.ctx.storage``
