@@ -144,9 +144,27 @@ CHAT_CLIENTS = 24
 CHAT_MESSAGES = 4  # each
 
 
-async def open_ws(port: int, path: str) -> ClientConnection:
+async def open_ws(
+    port: int, path: str, via: tuple[int, list[int]] | None = None
+) -> ClientConnection:
+    """A WebSocket to ``path``; with ``via=(pid, workers)``, over a connection worker ``pid``
+    accepted (fresh TCP connections are opened until one lands there, at most TRIES)."""
+    sock = None
+    if via is not None:
+        pid, workers = via
+        for _ in range(TRIES):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=RECV)
+            client_port = sock.getsockname()[1]
+            got = until(lambda: serving_pid(port, client_port, workers), RECV, "the accept")
+            if got == pid:
+                break
+            sock.close()
+            sock = None
+        assert sock is not None, f"{TRIES} connections, none accepted by worker {pid}"
+        sock.setblocking(False)
     return await asyncio.wait_for(
-        connect(f"ws://127.0.0.1:{port}{path}", compression=None, open_timeout=RECV), RECV
+        connect(f"ws://127.0.0.1:{port}{path}", compression=None, open_timeout=RECV, sock=sock),
+        RECV,
     )
 
 
@@ -155,9 +173,12 @@ async def recv_json(ws: ClientConnection) -> Any:
         return json.loads(await ws.recv())
 
 
-async def join(port: int, room: str) -> tuple[ClientConnection, int, list[Any], Any]:
-    """Connect to the room: the socket, its id, the history and the presence frame."""
-    ws = await open_ws(port, f"/{room}")
+async def join(
+    port: int, room: str, via: tuple[int, list[int]] | None = None
+) -> tuple[ClientConnection, int, list[Any], Any]:
+    """Connect to the room (through worker ``via`` if given, see open_ws): the socket, its id,
+    the history and the presence frame."""
+    ws = await open_ws(port, f"/{room}", via)
     greeting, history, presence = [await recv_json(ws) for _ in range(3)]
     assert set(greeting) == {"id"}, greeting
     assert history["type"] == "history" and presence["type"] == "presence", (history, presence)
@@ -169,17 +190,24 @@ async def close_all(sockets: list[ClientConnection]) -> None:
 
 
 async def join_in_both_workers(
-    port: int, workers: list[int], room: str, at_least: int, first_id: int = 1
+    port: int,
+    workers: list[int],
+    room: str,
+    at_least: int,
+    first_id: int = 1,
+    first_via: int | None = None,
 ) -> tuple[list[ClientConnection], list[int], list[Any]]:
     """Clients join one at a time (fresh connections) until there are ``at_least`` and both
-    workers serve some. Checks each join: the next id, presence, the others told. Returns
-    the sockets, the worker that serves each, and the history the first one got."""
+    workers serve some; the first through worker ``first_via`` if given. Checks each join: the
+    next id, presence, the others told. Returns the sockets, the worker that serves each, and
+    the history the first one got."""
     sockets: list[ClientConnection] = []
     served: list[int] = []
     history: list[Any] = []
     while len(sockets) < at_least or len(set(served)) < 2:
         assert len(sockets) < TRIES, f"{TRIES} clients, all in worker {set(served)}"
-        ws, id, got, presence = await join(port, room)
+        via = (first_via, workers) if first_via is not None and not sockets else None
+        ws, id, got, presence = await join(port, room, via)
         sockets.append(ws)
         if len(sockets) == 1:
             history = got
@@ -670,7 +698,8 @@ def test_sigterm_drains_every_worker_and_exits_0(probe: Path, tmp_path: Path) ->
 
 async def test_an_evicted_room_is_claimed_again_by_either_worker(tmp_path: Path) -> None:
     """A room everyone left is evicted and gives up its lock; the next client's worker
-    claims it, with its ids and history. Rounds until the room has lived in both workers."""
+    claims it, with its ids and history. Each round's first client comes through the worker
+    the room did not live in last, until the room has lived in both."""
     project = tmp_path / "chat"
     shutil.copytree(CHAT, project, ignore=shutil.ignore_patterns("__pycache__", ".opendo"))
     with (project / "opendo.toml").open("a") as config:
@@ -683,8 +712,11 @@ async def test_an_evicted_room_is_claimed_again_by_either_worker(tmp_path: Path)
         owners: list[int] = []
         said: list[Any] = []
         first_id = 1
-        for _ in range(20):
-            sockets, _, history = await join_in_both_workers(port, workers, "room", 2, first_id)
+        for _ in range(2):
+            other = next((pid for pid in workers if owners and pid != owners[-1]), None)
+            sockets, _, history = await join_in_both_workers(
+                port, workers, "room", 2, first_id, first_via=other
+            )
             try:
                 assert [(m["from"], m["text"]) for m in history] == said[-100:]
                 ids = list(range(first_id, first_id + len(sockets)))
