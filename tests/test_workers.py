@@ -155,7 +155,7 @@ async def open_ws(
         for _ in range(TRIES):
             sock = socket.create_connection(("127.0.0.1", port), timeout=RECV)
             client_port = sock.getsockname()[1]
-            got = until(lambda: serving_pid(port, client_port, workers), RECV, "the accept")
+            got = until(lambda c=client_port: serving_pid(port, c, workers), RECV, "the accept")
             if got == pid:
                 break
             sock.close()
