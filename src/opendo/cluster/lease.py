@@ -136,15 +136,21 @@ class Lease:
 
     def _extend(self, start: float) -> None:
         self.deadline = start + self.seconds - self.margin
+        self._arm()
+
+    def _arm(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        loop = asyncio.get_running_loop()
         wait = self.deadline - time.monotonic()
-        self._watchdog = loop.call_later(max(wait, 0), self._check)
+        self._watchdog = asyncio.get_running_loop().call_later(max(wait, 0), self._check)
 
     def _check(self) -> None:
         self._watchdog = None
-        if self.registered.is_set() and not self.alive():
+        if not self.registered.is_set():
+            return
+        if self.alive():  # the loop runs a timer up to its clock's resolution early
+            self._arm()
+        else:
             self._lose(f"it was not renewed for {self.seconds - self.margin:.3g} s")
 
     def _lose(self, why: str) -> None:
