@@ -28,6 +28,7 @@ class LocalLinks:
         self.nodes: dict[str, Runtime] = {}
         self.down: set[str] = set()
         self.forwarded = 0
+        self.sent: list[tuple[str, str]] = []  # (from, to) of every event forwarded
 
     def forwarder(self, address: str) -> Link:
         return Link(self, address)
@@ -53,10 +54,8 @@ class Link:
         assert namespace is not None
         there = namespace.id_from_string(str(id))
         there.name = id.name
-        host = runtime.host(namespace, there)
-        if not host.claim_here():
-            raise OwnerGoneError(f"{host.name()} is not served by {owner}")
-        return await host.call(event)
+        self.links.sent.append((self.address, owner))
+        return await runtime.host(namespace, there).call_relayed(event)
 
 
 def cluster_runtime(

@@ -189,6 +189,32 @@ async def test_a_node_forwards_to_the_owner_and_one_counter_counts_through_both(
     assert cluster.links.forwarded == 5
 
 
+async def test_an_event_forwarded_to_a_former_owner_is_not_forwarded_on(
+    cluster: Cluster,
+) -> None:
+    """B forwards to A, which owned the object when B last asked; A has since let it go and
+    C took it. A does not pass the event on to C (with views as stale as B's, events could
+    travel in circles): it tells B the object is not its own, and B claims it again and
+    forwards to C itself."""
+    _, a = await cluster.node()
+    _, b = await cluster.node()
+    _, c = await cluster.node()
+    assert await counter(a).increment() == 1
+    assert await counter(b).increment() == 2  # B forwards to A and keeps A as the owner
+    await evict(a)
+    await until(lambda: released(cluster.dsn))
+    assert await counter(c).increment() == 3  # C owns it now
+    cluster.links.sent.clear()
+    assert await counter(b).increment() == 4
+    assert cluster.links.sent == [("node1:1", "node0:1"), ("node1:1", "node2:1")]
+    assert await counter(c).value() == 4
+
+
+async def released(dsn: str) -> bool:
+    """Whether no node holds an object."""
+    return not await fetch(dsn, "SELECT 1 FROM opendo_object WHERE node_id IS NOT NULL")
+
+
 # -- fencing --------------------------------------------------------------------------------------
 
 
@@ -229,6 +255,21 @@ async def test_a_node_whose_lease_lapsed_refuses_storage_and_drops_its_objects(
     assert a.live_hosts() == [] and host.open_storage is None
     await asyncio.wait_for(node_a.lease.registered.wait(), 10)  # joins again, as a new node
     assert await counter(a).increment() == 2
+
+
+async def test_a_lease_watchdog_run_before_the_deadline_still_catches_the_lapse(
+    cluster: Cluster,
+) -> None:
+    """The event loop may run a timer before its time (by up to its clock's resolution): a
+    watchdog that finds the node still alive must watch on, or a node whose renewals stop
+    would never drop its objects by itself."""
+    node, runtime = await cluster.node(lease=1.0)
+    assert await counter(runtime).increment() == 1
+    assert node.lease._task is not None
+    node.lease._task.cancel()  # no more renewals from here on
+    node.lease.deadline += 0.5  # so the armed watchdog runs while the node is still alive
+    await until(lambda: node.lease.losses == 1, within=5)
+    assert runtime.live_hosts() == []
 
 
 async def test_the_flush_of_a_replaced_activation_cannot_land_on_the_new_one(

@@ -132,6 +132,7 @@ class ObjectHost:
         "_retry_at",
         "_start_reason",
         "_gone",
+        "_relayed",
         "_start_cause",
     )
 
@@ -166,6 +167,7 @@ class ObjectHost:
         self._retry_at = 0.0  # clock.monotonic() before which a BROKEN host fails fast
         self._start_reason = ""
         self._gone: dict[int, int] = {}  # id(event) -> owners it found gone
+        self._relayed: set[int] = set()  # id(event) of events another owner forwarded here
         self._start_cause: BaseException | None = None
 
     @property
@@ -515,23 +517,27 @@ class ObjectHost:
 
     # -- forwarding, when another process or node owns the object -------------------------
 
-    def claim_here(self) -> bool:
-        """Whether this process may serve the object's events: it holds the claim, or takes
-        it now (an event another process forwarded here must not be forwarded on)."""
+    def call_relayed(self, event: object) -> asyncio.Future[Any]:
+        """An event another process or node forwarded here, because it took this one for the
+        owner. It is served here or not at all: if this process knows another owner, or finds
+        one when it claims the object, the event fails with ``OwnerGoneError`` (and its sender
+        claims the object again) — it is never forwarded on, so no event travels in circles
+        between processes whose views of the owner are stale."""
         if self.state is Lifecycle.REMOTE:
-            return False
-        if self._claimed or self.state is Lifecycle.ACTIVATING:
-            return True
-        claim = self._services.placement.claim(self.class_name, self.id)
-        if not isinstance(claim, Claim):
-            return True  # it answers later: the activation that follows takes it
-        if claim.owner is not None:
-            return False
-        self._claimed, self.epoch = True, claim.epoch
-        return True
+            self.maybe_idle()
+            raise OwnerGoneError(f"{self.name()} is owned by {self.owner}, not here")
+        self._relayed.add(id(event))
+        future = self.call(event)
+        future.add_done_callback(lambda _: self._relayed.discard(id(event)))
+        return future
 
     def _forward(self, event: object, future: asyncio.Future[Any] | None) -> None:
         forwarder, owner = self._services.forwarder, self.owner
+        if self._relayed and id(event) in self._relayed:  # see call_relayed
+            if future is not None and not future.done():
+                future.set_exception(OwnerGoneError(f"{self.name()} is owned by {owner}, not here"))
+            self._maybe_idle()
+            return
         if forwarder is None or owner is None:
             error = RuntimeError(f"{self.name()} is owned by {owner}, and nothing forwards there")
             if future is not None and not future.done():

@@ -13,8 +13,8 @@ a connection (``open_link``) and serves what others forward to it with ``Incomin
 
 An event crosses as data (``runtime.wire``): a ``Fetch`` with its request and body, an ``Rpc``
 with its method and copied arguments, an ``Alarm``. The owner delivers it to its host only if
-the object is still its own (``ObjectHost.claim_here``: it claims the object if nobody has
-it); else it answers that the owner is gone. So a caller is told:
+the object is still its own (``ObjectHost.call_relayed``: it claims the object if nobody has
+it); else it answers that the owner is gone — it never forwards the event on. So a caller is told:
 
 - ``OwnerGoneError`` when the event never reached an object: the connection could not be made
   (``open_link`` raises it), or the owner says the object is not its own. The host then claims
@@ -321,11 +321,7 @@ class IncomingLink(Link):
         id = namespace.id_from_string(str(message["i"]))
         id.name = message.get("m")
         event = wire.decode_event(message["e"], runtime)
-        host = runtime.host(namespace, id)
-        if not host.claim_here():
-            host.maybe_idle()
-            raise OwnerGoneError(f"{host.name()} is not served by this {self.forwarder.kind}")
-        return host.call(event)
+        return runtime.host(namespace, id).call_relayed(event)
 
     def _answer(self, n: int, done: asyncio.Future[Any]) -> None:
         if done.cancelled():
