@@ -257,6 +257,39 @@ async def test_a_node_whose_lease_lapsed_refuses_storage_and_drops_its_objects(
     assert await counter(a).increment() == 2
 
 
+async def test_dropping_every_object_while_writes_wait_for_their_flush(cluster: Cluster) -> None:
+    """The node drops every object (as when it loses its lease) while writes of several
+    objects wait on a flush that PostgreSQL holds up: every caller gets an answer (before,
+    they waited forever), none is told its write is durable unless it is in PostgreSQL, and
+    the objects are served again afterwards."""
+    node, runtime = await cluster.node()
+    names = [f"c{i}" for i in range(3)]
+    for name in names:
+        assert await counter(runtime, name).increment() == 1
+    blocker = await asyncpg.connect(cluster.dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT * FROM opendo_object FOR UPDATE")  # the flush waits
+        writes = [asyncio.ensure_future(counter(runtime, n).increment()) for n in names]
+        await until(lambda: all(h.open_storage is not None for h in runtime.live_hosts()))
+        await asyncio.sleep(0)
+        runtime.drop_objects(1012, "the node lost its lease")
+        assert runtime.live_hosts() == []
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    stored = {
+        r["name"]: r["seq"] for r in await fetch(cluster.dsn, "SELECT name, seq FROM opendo_object")
+    }
+    for name, result in zip(names, results, strict=True):
+        if not isinstance(result, BaseException):  # acknowledged: so it is in PostgreSQL
+            assert result == 2 and stored[name] == 2, (name, result, stored)
+    for name in names:
+        assert await counter(runtime, name).value() == stored[name]
+
+
 async def test_a_lease_watchdog_run_before_the_deadline_still_catches_the_lapse(
     cluster: Cluster,
 ) -> None:

@@ -118,15 +118,19 @@ class Batches:
     def _synced(self, error: BaseException | None, locks: list[OutputLock]) -> None:
         self.syncing = False
         if self.closed:
+            # Closed while this sync ran: its writers still learn how it went, and so does
+            # the next instance, which may have read what it made durable (or not).
             carry, self.carry = self.carry, None
+            if error is None:
+                for lock in (*locks, *([carry] if carry is not None else [])):
+                    lock.release()
+                return
+            failure = storage_failed(self.host, error, "synced to disk")
+            for lock in locks:
+                lock.fail(failure)
             if carry is not None:
-                if error is None:
-                    carry.release()
-                else:
-                    # What the next instance may have read did not reach the disk.
-                    failure = storage_failed(self.host, error, "synced to disk")
-                    carry.fail(failure)
-                    self.host.reset(f"an earlier write failed: {failure}", failure)
+                carry.fail(failure)
+                self.host.reset(f"an earlier write failed: {failure}", failure)
             return
         if error is not None:
             failure = storage_failed(self.host, error, "synced to disk")
