@@ -9,7 +9,7 @@ has tests of its own (test_node_forwarder.py), and test_cluster.py runs real nod
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class LocalLinks:
         self.down: set[str] = set()
         self.forwarded = 0
         self.sent: list[tuple[str, str]] = []  # (from, to) of every event forwarded
+        self.serving: dict[str, Callable[[], bool]] = {}  # address -> its lease holds
 
     def forwarder(self, address: str) -> Link:
         return Link(self, address)
@@ -54,6 +55,8 @@ class Link:
         assert namespace is not None
         there = namespace.id_from_string(str(id))
         there.name = id.name
+        if not self.links.serving[owner]():
+            raise OwnerGoneError(f"the node {owner} serves no objects now")
         self.links.sent.append((self.address, owner))
         return await runtime.host(namespace, there).call_relayed(event)
 
@@ -92,4 +95,5 @@ def cluster_runtime(
     node.attach(runtime)
     runtime.start()
     links.nodes[address] = runtime
+    links.serving[address] = node.lease.alive
     return node, runtime

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..runtime.links import LinkForwarder
 from . import pg, schema
 from .alarms import AlarmPoller
 from .lease import Lease
@@ -73,6 +74,8 @@ class ClusterNode:
         attach = getattr(self.forwarder, "attach", None)
         if attach is not None:
             attach(runtime)
+        if isinstance(self.forwarder, LinkForwarder):
+            self.forwarder.serving = self.lease.alive  # others' events refused when lost
         self.poller = AlarmPoller(
             self.lease,
             runtime.alarms,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..api.http import Response
@@ -57,6 +58,10 @@ class LinkForwarder:
 
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
+        # Whether this process serves objects now (a cluster node: while its lease holds).
+        # When it does not, what others forward here fails with ``OwnerGoneError``, so that
+        # they claim the object again instead of waiting on this process.
+        self.serving: Callable[[], bool] = lambda: True
         self.incoming: set[IncomingLink] = set()
         self._links: dict[str, OutgoingLink] = {}
         self._connecting: dict[str, asyncio.Task[OutgoingLink]] = {}
@@ -315,6 +320,8 @@ class IncomingLink(Link):
     def _deliver(self, message: dict[str, Any]) -> asyncio.Future[Any]:
         runtime = self.forwarder.runtime
         assert runtime is not None
+        if not self.forwarder.serving():
+            raise OwnerGoneError(f"this {self.forwarder.kind} serves no objects now")
         namespace = runtime.namespace_of(str(message["c"]))
         if namespace is None:
             raise wire.WireError(f"no binding of class {message['c']!r} here")
