@@ -166,6 +166,18 @@ def test_assets_default_to_no_not_found_handling_and_idle_timeout_int_becomes_fl
     assert isinstance(config.idle_timeout, float)
 
 
+def test_runtime_open_objects_is_a_whole_number_of_objects(tmp_path: Path) -> None:
+    root = write_project(tmp_path, MINIMAL + "[runtime]\nopen_objects = 500\n")
+    assert load_config(root).open_objects == 500
+    assert load_config(write_project(tmp_path / "b", MINIMAL)).open_objects is None
+    for bad in ("0", "1.5", "true", '"many"'):
+        root = write_project(
+            tmp_path / f"bad{bad[:2]}", MINIMAL + f"[runtime]\nopen_objects = {bad}\n"
+        )
+        with pytest.raises(ConfigError, match="runtime.open_objects: expected a whole number"):
+            load_config(root)
+
+
 def test_main_with_a_class_sets_the_entrypoint(tmp_path: Path) -> None:
     root = write_project(tmp_path, 'name = "app"\nmain = "worker.py:Named"\n')
 

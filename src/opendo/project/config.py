@@ -22,6 +22,8 @@
 
     [runtime]
     idle_timeout = 70                  # seconds before an idle object is evicted
+    open_objects = 2000                # objects with open storage; past it the longest idle
+                                       # are evicted at once (default: RLIMIT_NOFILE / 10)
 
     [cluster]                          # opendo serve in a cluster (or --cluster URL ...)
     url = "postgresql://opendo@db.internal:5432/opendo"
@@ -120,6 +122,7 @@ class Config:
     assets: AssetsConfig | None = None
     idle_timeout: float = 70.0
     hibernation_timeout: float = 10.0
+    open_objects: int | None = None  # None: runtime.open_budget()
     dev_port: int | None = None
     dev_ip: str | None = None
     env_name: str | None = None
@@ -320,9 +323,17 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         assets = AssetsConfig(adir, handling, key)
 
     runtime = check.table(data.get("runtime", {}), "runtime")
-    check.keys(runtime, {"idle_timeout", "hibernation_timeout"}, "runtime")
+    check.keys(runtime, {"idle_timeout", "hibernation_timeout", "open_objects"}, "runtime")
     idle = _seconds(check, runtime, "idle_timeout", 70.0)
     hibernation = _seconds(check, runtime, "hibernation_timeout", 10.0)
+    open_objects = runtime.get("open_objects")
+    if open_objects is not None and (
+        isinstance(open_objects, bool) or not isinstance(open_objects, int) or open_objects < 1
+    ):
+        raise check.fail(
+            "runtime.open_objects",
+            f"expected a whole number of objects, at least 1, got {_kind(open_objects)}",
+        )
 
     dev = check.table(data.get("dev", {}), "dev")
     check.keys(dev, {"port", "ip", "local_protocol"}, "dev")
@@ -349,6 +360,7 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         assets=assets,
         idle_timeout=idle,
         hibernation_timeout=hibernation,
+        open_objects=open_objects,
         dev_port=port,
         dev_ip=ip,
         env_name=env,

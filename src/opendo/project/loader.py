@@ -54,6 +54,7 @@ class Runtime(engine.Runtime):
         clock: Clock | None = None,
         idle_timeout: float = 70.0,
         hibernation_timeout: float = 10.0,
+        open_objects: int | None = None,
         storage: StorageDriver | None = None,
         rng: random.Random | None = None,
         labels: Mapping[str, str] | None = None,  # class name -> id label (core.migrations)
@@ -71,6 +72,7 @@ class Runtime(engine.Runtime):
             clock=clock,
             idle_timeout=idle_timeout,
             hibernation_timeout=hibernation_timeout,
+            open_objects=open_objects,
             placement=placement,
             forwarder=forwarder,
             rng=rng,
@@ -121,6 +123,7 @@ class Runtime(engine.Runtime):
             clock=clock,
             idle_timeout=config.idle_timeout,
             hibernation_timeout=config.hibernation_timeout,
+            open_objects=config.open_objects,
             storage=storage,
             labels=labels,
             placement=placement,

@@ -340,7 +340,7 @@ class ObjectHost:
         task.add_done_callback(lambda _: self._pump())
 
     def _opened(self, storage: ObjectStorage) -> None:
-        self._storage = storage
+        self._keep_storage(storage)
         cls = self.namespace.object_class
         self.ctx = DurableObjectState(self)
         token = context.set_host(self)
@@ -646,6 +646,7 @@ class ObjectHost:
         if self.state is Lifecycle.BROKEN:  # its back-off is kept until it has passed
             timeout = max(timeout, self._retry_at - clock.monotonic())
         self._idle_timer = clock.call_at(clock.monotonic() + timeout, self._idle_expired)
+        services.idle_started(self)
 
     def _output_cleared(self, error: BaseException | None) -> None:
         self._idle_watch = None
@@ -665,9 +666,22 @@ class ObjectHost:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+            self._services.idle_ended(self)
+
+    def evict_if_idle(self) -> bool:
+        """Evict now if the object is idle (as its idle countdown would, later): the runtime's
+        way to give back storage handles under pressure. Whether it did."""
+        if self._idle_timer is None or self.state is Lifecycle.BROKEN:
+            return False  # busy (or keeping its back-off after failed starts)
+        self._cancel_idle()
+        if self.is_idle() and self.state is not Lifecycle.ACTIVATING:
+            self.evict()
+            return True
+        return False
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
+        self._services.idle_ended(self)
         if self.is_idle() and self.state is not Lifecycle.ACTIVATING:
             self.evict()
 
@@ -706,7 +720,7 @@ class ObjectHost:
             opening = self._services.storage.open(self, self.class_name, self.id, self.epoch)
             storage = await opening if inspect.isawaitable(opening) else opening
             # Kept open: the next activation uses it, eviction closes it (once it is durable).
-            self._storage = storage
+            self._keep_storage(storage)
         try:
             return fn(storage)
         finally:
@@ -716,10 +730,16 @@ class ObjectHost:
         """Storage set (or deleted) this object's alarm."""
         self._services.alarm_changed(self, time_ms)
 
+    def _keep_storage(self, storage: ObjectStorage) -> None:
+        kept, self._storage = self._storage, storage
+        if kept is None:
+            self._services.storage_opened(self)
+
     def close_storage(self) -> None:
         storage, self._storage = self._storage, None
         if storage is not None:
             storage.close()
+            self._services.storage_closed(self)
 
     # -- the instance goes away ---------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import resource
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,20 @@ from .host import ObjectHost
 from .placement import LocalPlacement
 from .stubs import DurableObjectNamespace
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "open_budget"]
+
+FILES_PER_OBJECT = 5  # an object's database, its -wal and -shm, its lock, its fsync handle
+
+
+def open_budget(files_per_object: int = FILES_PER_OBJECT) -> int:
+    """How many objects may have their storage open at once, by default: half of this
+    process's file descriptor limit (``RLIMIT_NOFILE``; the other half is for sockets and
+    everything else), at ``files_per_object`` each — 2,000 at a limit of 20,000."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft // 2 // files_per_object)
+
 
 log = logging.getLogger("opendo")
 
@@ -53,6 +67,7 @@ class Runtime:
         clock: Clock | None = None,
         idle_timeout: float = 70.0,
         hibernation_timeout: float = 10.0,
+        open_objects: int | None = None,
         placement: Placement | None = None,
         forwarder: Forwarder | None = None,
         rng: random.Random | None = None,
@@ -69,6 +84,13 @@ class Runtime:
         self.idle_timeout = idle_timeout
         self.hibernation_timeout = hibernation_timeout
         self._hosts: dict[Key, ObjectHost] = {}
+        # The budget of open storage (see open_budget): past it, the longest-idle objects
+        # are evicted at once instead of at the end of their idle timeout.
+        self.open_objects = open_objects if open_objects is not None else open_budget()
+        if self.open_objects < 1:
+            raise ValueError(f"open_objects must be at least 1, got {self.open_objects}")
+        self._open = 0  # hosts whose storage is open
+        self._idle: dict[ObjectHost, None] = {}  # idle hosts, the longest idle first
         namespaces: dict[str, DurableObjectNamespace] = {}
         for binding, cls in (bindings or {}).items():
             if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
@@ -122,6 +144,31 @@ class Runtime:
         if self._hosts.get(key) is host:
             del self._hosts[key]
 
+    def storage_opened(self, host: ObjectHost) -> None:
+        self._open += 1
+        if self._open > self.open_objects and self._idle:
+            self._relieve()
+
+    def storage_closed(self, host: ObjectHost) -> None:
+        self._open -= 1
+
+    def idle_started(self, host: ObjectHost) -> None:
+        self._idle[host] = None
+
+    def idle_ended(self, host: ObjectHost) -> None:
+        self._idle.pop(host, None)
+
+    def _relieve(self) -> None:
+        """Evict the longest-idle objects until the open storage is within its budget."""
+        skipped: list[ObjectHost] = []
+        while self._open > self.open_objects and self._idle:
+            host = next(iter(self._idle))
+            del self._idle[host]
+            if not host.evict_if_idle():
+                skipped.append(host)  # still counting down (a back-off): kept, in order
+        for host in skipped:
+            self._idle[host] = None
+
     def live_hosts(self) -> list[ObjectHost]:
         return list(self._hosts.values())
 
@@ -173,5 +220,6 @@ class Runtime:
     def statistics(self) -> dict[str, Any]:
         return {
             "objects": len(self._hosts),
+            "open_storage": self._open,
             "sockets": sum(len(h.sockets) for h in self._hosts.values()),
         }

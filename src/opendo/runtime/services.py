@@ -34,5 +34,16 @@ class HostServices(Protocol):
     def forget(self, host: Any) -> None:  # an ObjectHost
         ...
 
+    def storage_opened(self, host: Any) -> None:
+        """``host`` opened its storage (a database handle and its file descriptors)."""
+
+    def storage_closed(self, host: Any) -> None: ...
+
+    def idle_started(self, host: Any) -> None:
+        """``host`` is idle: its countdown to eviction started."""
+
+    def idle_ended(self, host: Any) -> None:
+        """``host`` is busy again, or its countdown ended."""
+
     def alarm_changed(self, host: Any, time_ms: int | None) -> None:  # an ObjectHost
         ...
