@@ -158,6 +158,30 @@ def prepare(conn: sqlite3.Connection, name: str | None) -> None:
         conn.execute(f"INSERT OR IGNORE INTO {META_TABLE} (key, value) VALUES ('name', ?)", (name,))
 
 
+_fresh_image: list[bytes] = []  # a prepared, empty database, serialized (made once)
+
+
+def fresh(name: str | None) -> sqlite3.Connection:
+    """A new, empty object database in memory with the runtime's tables: a copy of one made
+    once, which costs one call instead of running the schema for every new object."""
+    if not _fresh_image:
+        template = connect(None)
+        try:
+            prepare(template, None)
+            _fresh_image.append(template.serialize())
+        finally:
+            template.close()
+    conn = connect(None)
+    try:
+        conn.deserialize(_fresh_image[0])
+        if name is not None:
+            conn.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ('name', ?)", (name,))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def set_name(conn: sqlite3.Connection, name: str | None) -> None:
     """Record ``name`` (None: no name) as the one the object's id was made from."""
     with conn:

@@ -57,6 +57,7 @@ from .database import (
     connect,
     contents,
     describe,
+    fresh,
     prepare,
     set_name,
     unavailable,
@@ -91,12 +92,15 @@ class FileDatabase(SqliteDatabase):
         self._held = locks.hold(path, epoch)
         try:
             self.file_pending = not path.exists()
-            conn = connect(None if self.file_pending else str(path))
-            try:
-                prepare(conn, name)
-            except BaseException:
-                conn.close()
-                raise
+            if self.file_pending:
+                conn = fresh(name)
+            else:
+                conn = connect(str(path))
+                try:
+                    prepare(conn, name)
+                except BaseException:
+                    conn.close()
+                    raise
         except sqlite3.Error as exc:
             locks.release(path)
             raise DatabaseError(f"cannot open {path}: {exc}") from exc
