@@ -416,6 +416,10 @@ async def test_a_zombie_owner_commits_nothing_and_tears_its_objects_down(
         await asyncio.to_thread(waited.finish)
     log = a.log_text()
     assert "lost its lease" in log, log[-3000:]
+    answered = sum(len(v) for v in load.answers.values())
+    woken = sum(len(v) for v in waited.answers.values())
+    took_s = sorted(round(t, 2) for t in took.values())
+    print(f"zombie: taken over after {took_s} s; {answered} answers, {woken} after waking")
     for name in names:
         assert {x.pid for x in waited.answers[name]} <= {b.pid, c.pid}, "the zombie served"
         check_counter(name, load.answers[name], waited.answers[name], c.inc(name)[0])
@@ -452,7 +456,11 @@ async def test_a_node_cut_off_from_postgres_drops_its_objects_and_commits_nothin
             dropped = time.monotonic() - cut
             assert code == 1012, (code, reason)
             assert dropped <= LEASE + 1, f"the cut-off node served on for {dropped:.2f} s"
-            await asyncio.to_thread(takeover_within, load, cut, a.pid, 2 * LEASE)
+            took = await asyncio.to_thread(takeover_within, load, cut, a.pid, 2 * LEASE)
+            print(
+                f"partition: sockets closed after {dropped:.2f} s, taken over after "
+                f"{sorted(round(t, 2) for t in took.values())} s"
+            )
             proxy.heal()
             await asyncio.to_thread(
                 until,

@@ -36,7 +36,9 @@ An idle host is evicted ``idle_timeout`` seconds later by the injected clock —
 hibernatable WebSockets (``ctx.accept_websocket``), *hibernated* ``hibernation_timeout``
 seconds later: the instance and its storage are dropped, but the host stays, holding the
 sockets with their tags and attachments, and the next event on any of them (or any other
-event) activates the object again.
+event) activates the object again. When more objects have their storage open than the
+runtime's budget (``open_objects``), the longest idle are evicted at once (``evict_if_idle``).
+Forwarding to another owner is ``runtime.forwarding``'s part of the host.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from ..core.ids import DurableObjectId
 from ..core.lifecycle import TRANSITIONS, Lifecycle, start_backoff
 from ..core.protocols import Claim, ObjectStorage
 from ..core.storage import FencedError
+from .forwarding import Forwarding
 from .invoke import invoke
 from .services import HostServices, Namespace
 from .state import DurableObjectState
@@ -86,10 +89,6 @@ __all__ = ["HostServices", "Lifecycle", "ObjectHost", "current_host"]
 log = logging.getLogger("opendo")
 
 Queued = tuple[object, "asyncio.Future[Any] | None"]
-# An event whose owner is gone claims the object again, after these pauses (seconds): an owner
-# that died may still hold its claim for a while (a cluster node's lease). After the last, the
-# event fails with OwnerGoneError; the next event starts over.
-OWNER_GONE_PAUSES = (0.0, 0.1, 0.3, 0.6, 1.0)
 
 
 def current_host() -> ObjectHost | None:
@@ -98,10 +97,10 @@ def current_host() -> ObjectHost | None:
     return host if isinstance(host, ObjectHost) else None
 
 
-class ObjectHost:
+class ObjectHost(Forwarding):
     """Hosts the single live instance of one Durable Object."""
 
-    __slots__ = (
+    __slots__ = (  # and Forwarding's
         "namespace",
         "id",
         "state",
@@ -115,12 +114,10 @@ class ObjectHost:
         "generation",
         "startup_blocks",
         "epoch",
-        "owner",
         "_services",
         "_queue",
         "_waiting_for_gate",
         "_starting",
-        "_running",
         "_sockets",
         "_background",
         "_events",
@@ -131,8 +128,6 @@ class ObjectHost:
         "_start_failures",
         "_retry_at",
         "_start_reason",
-        "_gone",
-        "_relayed",
         "_start_cause",
     )
 
@@ -515,90 +510,7 @@ class ObjectHost:
             if not future.done():
                 future.set_exception(as_remote(exc))
 
-    # -- forwarding, when another process or node owns the object -------------------------
-
-    def call_relayed(self, event: object) -> asyncio.Future[Any]:
-        """An event another process or node forwarded here, because it took this one for the
-        owner. It is served here or not at all: if this process knows another owner, or finds
-        one when it claims the object, the event fails with ``OwnerGoneError`` (and its sender
-        claims the object again) — it is never forwarded on, so no event travels in circles
-        between processes whose views of the owner are stale."""
-        if self.state is Lifecycle.REMOTE:
-            self.maybe_idle()
-            raise OwnerGoneError(f"{self.name()} is owned by {self.owner}, not here")
-        self._relayed.add(id(event))
-        future = self.call(event)
-        future.add_done_callback(lambda _: self._relayed.discard(id(event)))
-        return future
-
-    def _forward(self, event: object, future: asyncio.Future[Any] | None) -> None:
-        forwarder, owner = self._services.forwarder, self.owner
-        if self._relayed and id(event) in self._relayed:  # see call_relayed
-            if future is not None and not future.done():
-                future.set_exception(OwnerGoneError(f"{self.name()} is owned by {owner}, not here"))
-            self._maybe_idle()
-            return
-        if forwarder is None or owner is None:
-            error = RuntimeError(f"{self.name()} is owned by {owner}, and nothing forwards there")
-            if future is not None and not future.done():
-                future.set_exception(error)
-            return
-        self._running += 1
-        try:
-            sent = asyncio.ensure_future(forwarder.forward(owner, self.class_name, self.id, event))
-        except Exception as exc:
-            self._running -= 1
-            if future is not None and not future.done():
-                future.set_exception(exc)
-            return
-        sent.add_done_callback(lambda done: self._forwarded(done, event, future, owner))
-
-    def _forwarded(
-        self,
-        done: asyncio.Future[Any],
-        event: object,
-        future: asyncio.Future[Any] | None,
-        owner: str,
-    ) -> None:
-        self._running -= 1
-        error = None if done.cancelled() else done.exception()
-        tries = self._gone.pop(id(event), 0)
-        if isinstance(error, OwnerGoneError) and tries < len(OWNER_GONE_PAUSES):
-            # It never reached an owner: claim the object again, and deliver it then.
-            if self.state is Lifecycle.REMOTE and self.owner == owner:
-                log.info("%s: its owner %s is gone; claiming it again", self.name(), owner)
-                self.owner = None
-                self._move("reset")
-            self._gone[id(event)] = tries + 1
-            self._running += 1  # waiting to be delivered again: not idle
-            pause = OWNER_GONE_PAUSES[tries]
-            loop = asyncio.get_running_loop()
-            loop.call_later(pause, self._redeliver, event, future)
-            return
-        if future is not None and not future.done():
-            if done.cancelled():
-                future.cancel()
-            elif error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(done.result())
-        self._maybe_idle()
-
     # -- sockets, background work and idleness ---------------------------------------------
-
-    def _redeliver(self, event: object, future: asyncio.Future[Any] | None) -> None:
-        self._running -= 1
-        if future is not None and future.done():  # its caller gave up meanwhile
-            self._gone.pop(id(event), None)
-            self._maybe_idle()
-            return
-        if self.state is Lifecycle.EVICTED:
-            self._gone.pop(id(event), None)
-            if future is not None:
-                future.set_exception(OwnerGoneError(f"{self.name()} was dropped meanwhile"))
-            return
-        self._queue.appendleft((event, future))
-        self._pump()
 
     def socket_opened(self, ws: WebSocket) -> None:
         self._cancel_idle()

@@ -19,6 +19,11 @@ reads see an empty database, and the first commit that leaves something stored m
 its file (and makes the class directory, if this is the class's first). So an object that
 never stored anything leaves nothing on disk.
 
+*Closing.* The last connection to a database in WAL mode checkpoints it when it closes (it
+writes the WAL back into the file and syncs that): a closed database is let go of on a thread
+of its own, which also releases its hold afterwards; ``SqliteDriver.aclose`` (which the
+runtime's ``aclose`` awaits) waits for the closes so far.
+
 *Holding and fencing.* A handle holds its object (``locks.hold``) from open until it is
 closed and its last sync has returned, so a second server, or an admin command that would
 write, cannot write it meanwhile; before each commit it asks ``locks.lost`` whether it still
@@ -39,6 +44,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +82,7 @@ __all__ = [
 ]
 
 _LANES = 2  # sync rounds in flight at once
+CLOSE_TIMEOUT = 30.0  # seconds SqliteDriver.aclose waits for databases still closing
 
 
 class FileDatabase(SqliteDatabase):
@@ -89,6 +96,8 @@ class FileDatabase(SqliteDatabase):
         epoch: int,
         failures: dict[str, str],
     ) -> None:
+        if path in _closing:
+            settle()  # its last handle is closing: this one opens it once that is done
         self._held = locks.hold(path, epoch)
         try:
             self.file_pending = not path.exists()
@@ -232,13 +241,33 @@ class FileDatabase(SqliteDatabase):
             self._let_go()
 
     def _let_go(self) -> None:
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
-        self.connection.close()
-        if not self._released:
-            self._released = True
-            locks.release(self.path)
+        if self._released:
+            return
+        self._released = True
+        wal_fd, self._wal_fd = self._wal_fd, None
+        conn, path = self.connection, self.path
+        if self.file_pending:  # in memory: nothing to write back
+            conn.close()
+            locks.release(path)
+            return
+
+        def close() -> None:
+            try:
+                if wal_fd is not None:
+                    os.close(wal_fd)
+                conn.close()  # the last connection checkpoints the WAL into the file
+            finally:
+                locks.release(path)
+                with _closing_lock:
+                    if _closing[path] == 1:
+                        del _closing[path]
+                    else:
+                        _closing[path] -= 1
+
+        # Off the event loop ("Closing" above); SqliteDriver.aclose waits for it.
+        with _closing_lock:
+            _closing[path] = _closing.get(path, 0) + 1
+        _closer().submit(close)
 
 
 class _Rounds:
@@ -300,6 +329,9 @@ _all_rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Rounds] = (
     weakref.WeakKeyDictionary()
 )
 _threads: list[concurrent.futures.ThreadPoolExecutor] = []
+_closers: list[concurrent.futures.ThreadPoolExecutor] = []
+_closing: dict[Path, int] = {}  # databases being closed off the loop: how many handles
+_closing_lock = threading.Lock()
 
 
 def _rounds() -> _Rounds:
@@ -308,6 +340,24 @@ def _rounds() -> _Rounds:
     if rounds is None:
         rounds = _all_rounds[loop] = _Rounds(loop)
     return rounds
+
+
+def _closer() -> concurrent.futures.ThreadPoolExecutor:
+    if not _closers:
+        _closers.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opendo-close"))
+    return _closers[0]
+
+
+def wait_closed() -> concurrent.futures.Future[None]:
+    """Done once every database closed so far is closed and let go of."""
+    return _closer().submit(lambda: None)
+
+
+def settle() -> None:
+    """Wait for the databases closing now (before asking who holds what, or what a file
+    holds)."""
+    if _closing:
+        wait_closed().result(CLOSE_TIMEOUT)
 
 
 def _sync_threads() -> concurrent.futures.ThreadPoolExecutor:
@@ -327,6 +377,12 @@ class SqliteDriver:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.failures: dict[str, str] = {}  # databases whose sync failed, and why
+
+    async def aclose(self) -> None:
+        """Wait until the databases closed so far are let go of (closed off the loop). It
+        blocks rather than suspends: the runtime's ``aclose`` never suspends (opendo.testing
+        runs it outside an event loop), and a close takes milliseconds."""
+        wait_closed().result(CLOSE_TIMEOUT)
 
     def path_of(self, class_name: str, id: DurableObjectId | str) -> Path:
         return self.directory / class_name / f"{id}.sqlite"
@@ -352,11 +408,13 @@ class SqliteDriver:
 
     def holder(self, class_name: str, id: DurableObjectId | str) -> int | None:
         """The pid of the process that holds this object (has it open), or None."""
+        settle()
         return locks.holder_of(self.path_of(class_name, id))
 
     # -- what is stored ---------------------------------------------------------------------------
 
     def _describe(self, class_name: str, path: Path) -> StoredObject | None:
+        settle()  # (a database closing now still changes its files)
         try:
             size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
             conn = connect(str(path), read_only=True)
@@ -429,6 +487,7 @@ class SqliteDriver:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not replace and self.stored(class_name, id) is not None:
             raise StorageError(f"{class_name}({id}) exists; it is replaced only when asked to")
+        settle()
         locks.hold(target, alone=True)
         try:
             for extra in (Path(f"{target}-wal"), Path(f"{target}-shm")):
@@ -452,6 +511,7 @@ class SqliteDriver:
         path = self.path_of(class_name, id)
         if not path.exists():
             return False
+        settle()
         locks.hold(path, alone=True)
         try:
             for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
@@ -525,6 +585,7 @@ class _holding_all:
         self.doing = doing
 
     def __enter__(self) -> None:
+        settle()
         try:
             locks.hold_class(self.persist, self.class_name)
         except ObjectInUseError as exc:
