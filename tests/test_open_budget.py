@@ -47,7 +47,8 @@ def open_files() -> int:
 async def test_past_the_budget_the_longest_idle_objects_give_their_storage_back(
     tmp_path: Path,
 ) -> None:
-    runtime = Runtime(bindings={"C": Counter}, storage=SqliteDriver(tmp_path), open_objects=10)
+    driver = SqliteDriver(tmp_path)
+    runtime = Runtime(bindings={"C": Counter}, storage=driver, open_objects=10)
     try:
         ns = runtime.env.C
         assert await ns.get_by_name("c0").increment() == 1
@@ -55,6 +56,7 @@ async def test_past_the_budget_the_longest_idle_objects_give_their_storage_back(
         for i in range(1, 200):
             assert await ns.get_by_name(f"c{i}").increment() == 1
             assert runtime.statistics()["open_storage"] <= 10
+        await driver.aclose()  # the evicted ones' databases are closed off the loop: done now
         assert open_files() - before <= 10 * FILES_PER_OBJECT
         evicted = runtime.live_host((Counter.__name__, ns.id_from_name("c0")))
         assert evicted is None  # the first was the longest idle: gone, with its handle

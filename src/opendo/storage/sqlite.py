@@ -194,7 +194,9 @@ class FileDatabase(SqliteDatabase):
                 _rounds().add(self)
 
     def flush(self) -> None:
-        """Block until every commit made so far is on disk. Runs in a round's thread."""
+        """Block until every commit made so far is on disk. Runs in a round's thread. A new
+        database's directories are synced too — by the round, which syncs each once however
+        many new databases it has there (``_round.directories``)."""
         if self.file_pending:
             return
         if self._wal_fd is None:
@@ -207,9 +209,15 @@ class FileDatabase(SqliteDatabase):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            fsync_dir(self.path.parent)
+            parents = [self.path.parent]
             if self._new_directory:
-                fsync_dir(self.path.parent.parent)
+                parents.append(self.path.parent.parent)
+            directories: set[Path] | None = getattr(_round, "directories", None)
+            if directories is None:
+                for directory in parents:
+                    fsync_dir(directory)
+            else:
+                directories.update(parents)
             self._synced_once = True
 
     def round_done(self, target: int, error: BaseException | None) -> None:
@@ -313,15 +321,33 @@ class _Rounds:
 
 
 def _flush_all(databases: list[FileDatabase]) -> list[BaseException | None]:
-    """One round, in a sync thread: each database's fsync, and how it went."""
+    """One round, in a sync thread: each database's fsync, then each directory of a new one
+    once; how it went for each database."""
     errors: list[BaseException | None] = []
+    needs: list[set[Path]] = []  # the directories each database waits for
     for db in databases:
+        directories: set[Path] = set()
+        _round.directories = directories
         try:
             db.flush()
         except Exception as exc:
             errors.append(exc)
         else:
             errors.append(None)
+        finally:
+            _round.directories = None
+        needs.append(directories)
+    failed: dict[Path, BaseException] = {}
+    for directory in sorted(set().union(*needs), key=lambda d: len(d.parts), reverse=True):
+        try:
+            fsync_dir(directory)  # a class directory before the persist directory holding it
+        except Exception as exc:
+            failed[directory] = exc
+    if failed:
+        for i, directories in enumerate(needs):
+            for directory in directories:
+                if errors[i] is None and directory in failed:
+                    errors[i] = failed[directory]
     return errors
 
 
@@ -330,6 +356,7 @@ _all_rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Rounds] = (
 )
 _threads: list[concurrent.futures.ThreadPoolExecutor] = []
 _closers: list[concurrent.futures.ThreadPoolExecutor] = []
+_round = threading.local()  # .directories: of the database a round's thread syncs now
 _closing: dict[Path, int] = {}  # databases being closed off the loop: how many handles
 _closing_lock = threading.Lock()
 
