@@ -308,7 +308,8 @@ def test_no_project_file(tmp_path: Path) -> None:
     assert code == 2
     assert "Traceback" not in stderr
     assert stderr.strip() == (
-        f"opendo: {tmp_path / 'opendo.toml'}: no such file (expected an opendo.toml project file)"
+        f"opendo: {tmp_path / 'opendo.toml'}: no such file (expected an opendo.toml project "
+        "file, or Cloudflare's wrangler.json, wrangler.jsonc, wrangler.toml)"
     )
 
 

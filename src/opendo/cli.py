@@ -49,6 +49,12 @@ def _run(
         sys.exit(2)
     try:
         config = load_config(project, env)
+        if config.ignored:
+            click.echo(
+                f"opendo: {config.path.name}: keys opendo has no use for, ignored: "
+                + ", ".join(config.ignored),
+                err=True,
+            )
         Runtime.from_config(config)  # import the Worker module: fail now, and clearly
         persist = (persist_to or config.root / ".opendo" / "state").resolve()
         check_persist_dir(config, persist)  # not inside the assets

@@ -53,6 +53,7 @@ from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.migrations import Migration, simulate
+from . import wrangler
 
 __all__ = [
     "CLUSTER_SECRET",
@@ -127,6 +128,7 @@ class Config:
     dev_ip: str | None = None
     env_name: str | None = None
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ignored: tuple[str, ...] = ()  # keys of a Wrangler file opendo has no use for
 
     @property
     def root(self) -> Path:
@@ -186,11 +188,19 @@ def _kind(value: Any) -> str:
 
 
 def find_config(location: str | Path) -> Path:
+    """The project file: ``location`` itself, or in that directory ``opendo.toml`` — else
+    Cloudflare's ``wrangler.json``, ``wrangler.jsonc`` or ``wrangler.toml`` (project.wrangler)."""
     path = Path(location)
     if path.is_dir():
-        path = path / CONFIG_NAME
+        found = path / CONFIG_NAME
+        if not found.is_file():
+            found = wrangler.find_wrangler(path) or found
+        path = found
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file (expected an {CONFIG_NAME} project file)")
+        raise ConfigError(
+            f"{path}: no such file (expected an {CONFIG_NAME} project file, or Cloudflare's "
+            f"{', '.join(wrangler.FILE_NAMES)})"
+        )
     return path.resolve()
 
 
@@ -199,11 +209,20 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
     path = find_config(location)
     check = _Checker(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".json", ".jsonc"):
+            data = wrangler.parse_jsonc(text, path)
+        else:
+            data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the file is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of settings at the top")
+    ignored: tuple[str, ...] = ()
+    if path.name in wrangler.FILE_NAMES:
+        data, ignored = wrangler.translate(data, path)
     check.keys(data, _TOP_KEYS, "")
 
     if env is not None:
@@ -365,6 +384,7 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         dev_ip=ip,
         env_name=env,
         cluster=cluster,
+        ignored=ignored,
     )
 
 
