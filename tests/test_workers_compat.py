@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 import urllib.request
-from http import HTTPStatus
+from http import HTTPMethod, HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,17 @@ def test_loading_a_project_provides_workers_and_js(opendo):
         from js import fetch  # noqa: F401
     with pytest.raises(AttributeError, match="provides only Date, WebSocketPair"):
         _ = workers.js.Object
+
+
+def test_request_method_is_an_http_method_as_in_cloudflares_sdk():
+    request = workers.Request("http://localhost/a", method="post")
+    assert request.method is HTTPMethod.POST
+    assert request.method == "POST" and request.method.value == "POST"
+    converted = workers.http._as_request(opendo.Request("http://localhost/a", method="PUT"))
+    assert converted.method is HTTPMethod.PUT  # what handlers receive
+    assert workers.Request(request).method is HTTPMethod.POST  # a copy keeps it
+    odd = workers.Request("http://localhost/a", method="PROPFIND")
+    assert odd.method == "PROPFIND" and type(odd.method) is str  # not one of HTTPMethod's
 
 
 # -- the mapping, unit by unit ----------------------------------------------------------------

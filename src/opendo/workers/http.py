@@ -7,6 +7,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
+from http import HTTPMethod
 from typing import Any, TypeVar
 
 from ..api import http as _http
@@ -20,6 +21,8 @@ HeadersInit = Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
+
+_METHOD: Any = _http.Request.__dict__["method"]  # the slot that keeps a request's method
 
 
 class Request(_http.Request):
@@ -51,6 +54,21 @@ class Request(_http.Request):
                 self._body = input._body  # the same body, read once
         else:
             super().__init__(input, method=method or "GET", headers=headers, body=body)
+
+    @property
+    def method(self) -> str:
+        """The method as ``http.HTTPMethod`` (a ``str``: ``request.method == "GET"`` and
+        ``request.method.value`` both work, as with Cloudflare's SDK); a method that is not
+        one of HTTPMethod's stays a plain ``str``."""
+        value: str = _METHOD.__get__(self)
+        try:
+            return HTTPMethod(value)
+        except ValueError:
+            return value
+
+    @method.setter
+    def method(self, value: str) -> None:
+        _METHOD.__set__(self, value)
 
     @property
     def cf(self) -> None:
