@@ -165,7 +165,7 @@ class Runtime:
             host = next(iter(self._idle))
             del self._idle[host]
             if not host.evict_if_idle():
-                skipped.append(host)  # still counting down (a back-off): kept, in order
+                skipped.append(host)  # in a start back-off: kept, to be looked at again
         for host in skipped:
             self._idle[host] = None
 
