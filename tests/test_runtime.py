@@ -502,3 +502,15 @@ async def test_a_value_that_cannot_be_sent_fails_at_the_caller_naming_it() -> No
     assert await stub.get() is None  # nothing was delivered
     with pytest.raises(TypeError, match=r"the result of hand_out_something\(\) cannot be sent"):
         await stub.hand_out_something()
+
+
+def test_a_wrong_name_on_env_says_what_env_has_and_the_closest() -> None:
+    runtime = make_runtime()
+    with pytest.raises(AttributeError) as caught:
+        _ = runtime.env.COUNTR
+    assert str(caught.value) == (
+        "env has no binding or variable named 'COUNTR' (it has COUNTER); did you mean 'COUNTER'?"
+    )
+    with pytest.raises(KeyError, match="named 'QUEUE' \\(it has COUNTER\\)"):
+        _ = runtime.env["QUEUE"]
+    assert not hasattr(runtime.env, "QUEUE") and runtime.env.get("QUEUE", 1) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 from typing import Any
 
 from .http import Request, Response
@@ -20,7 +21,19 @@ class Env:
         try:
             return self.__dict__[name]
         except KeyError:
-            raise KeyError(f"no binding or variable named {name!r} in env") from None
+            raise KeyError(self._missing(name)) from None
+
+    def __getattr__(self, name: str) -> Any:  # only for names it does not have
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(self._missing(name))
+
+    def _missing(self, name: str) -> str:
+        known = sorted(self.__dict__)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        has = ", ".join(known) if known else "nothing (no bindings, vars or secrets)"
+        return f"env has no binding or variable named {name!r} (it has {has}){hint}"
 
     def __contains__(self, name: object) -> bool:
         return name in self.__dict__
