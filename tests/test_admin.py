@@ -97,6 +97,23 @@ def test_export_then_import_under_another_name(filled: Path, tmp_path: Path) -> 
     assert code == 1 and "--namespace" in out
 
 
+def test_a_namespace_the_project_does_not_have_is_refused(filled: Path, tmp_path: Path) -> None:
+    dump = tmp_path / "lobby.sqlite"
+    assert objects("export", "lobby", "--persist-to", filled, "-o", dump)[0] == 0
+    for command in (["import", dump, "--name", "x"], ["list"], ["show", "lobby"]):
+        code, out = objects(
+            *command, "--project", CHAT, "--persist-to", filled, "--namespace", "CAHT"
+        )
+        assert code == 1, out
+        assert out.strip() == (
+            "opendo: --namespace 'CAHT': opendo.toml has no binding or class of that name "
+            "(its bindings: CHAT (Chat))"
+        )
+    assert not (filled / "CAHT").exists()  # nothing made for it
+    code, out = objects("list", "--project", CHAT, "--persist-to", filled, "--namespace", "Chat")
+    assert code == 0 and "lobby" in out  # a class name is as good as its binding's
+
+
 def test_the_imported_object_serves_its_data(filled: Path, tmp_path: Path) -> None:
     dump = tmp_path / "kitchen.sqlite"
     assert objects("export", "kitchen", "--persist-to", filled, "-o", dump)[0] == 0

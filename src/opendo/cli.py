@@ -281,9 +281,21 @@ def _where(
     except ConfigError:
         config = None
     if config is not None and namespace is not None:
-        for binding in config.bindings:
-            if namespace == binding.name:
-                class_name = binding.class_name
+        bound = {binding.name: binding.class_name for binding in config.bindings}
+        classes = set(bound.values())
+        for migration in config.migrations:
+            classes.update(migration.new_classes, migration.new_sqlite_classes)
+            classes.update(migration.deleted_classes, *migration.renamed_classes)
+        if namespace in bound:
+            class_name = bound[namespace]
+        elif namespace not in classes:
+            from .admin import AdminError
+
+            named = ", ".join(f"{b} ({c})" for b, c in bound.items()) or "none"
+            raise AdminError(
+                f"--namespace {namespace!r}: {config.path.name} has no binding or class of that "
+                f"name (its bindings: {named})"
+            )
     if cluster_url is not None:
         return cluster_url, class_name
     if persist_to is None and config is not None and config.cluster.url is not None:
@@ -316,13 +328,14 @@ def objects_list(
     """Every stored object: class, id, the name it was made from, size, alarm."""
     import json
 
+    from .admin import AdminError
     from .admin import objects as stored
     from .project.cluster import where_shown
 
-    persist, class_name = _where(project, persist_to, namespace, cluster_url)
     try:
+        persist, class_name = _where(project, persist_to, namespace, cluster_url)
         rows = list(stored(persist, class_name))
-    except StorageError as exc:
+    except (AdminError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
         sys.exit(1)
     if as_json:
