@@ -364,6 +364,13 @@ def test_pending_is_what_follows_the_applied_tags() -> None:
             "class 'Other' is not created by any migration: add it to new_sqlite_classes of "
             "a new [[migrations]] entry",
         ),
+        (
+            "Note",
+            V1,
+            "Nots",
+            "class 'Nots' is not created by any migration; did you mean 'Note'? (a new class "
+            "goes into new_sqlite_classes of a new [[migrations]] entry)",
+        ),
     ],
 )
 def test_a_binding_must_name_a_class_the_migrations_leave(

@@ -46,6 +46,7 @@ is known — a persist directory that overlaps it.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -433,6 +434,13 @@ def _check_classes(check: _Checker, bindings: list[Binding], migrations: list[Mi
                     "data of all its objects",
                 )
             raise check.fail(key, f"class {cname!r} was {how}: bind the new name")
+        close = difflib.get_close_matches(cname, sorted(outcome.labels), n=1)
+        if close:  # most likely a typo, not a class to create
+            raise check.fail(
+                key,
+                f"class {cname!r} is not created by any migration; did you mean {close[0]!r}? "
+                "(a new class goes into new_sqlite_classes of a new [[migrations]] entry)",
+            )
         raise check.fail(
             key,
             f"class {cname!r} is not created by any migration: add it to new_sqlite_classes "
