@@ -72,6 +72,14 @@ def test_show_by_name_or_id(filled: Path) -> None:
     assert code == 0 and by_id == out
     code, out = objects("show", "nowhere", "--persist-to", filled)
     assert code == 1 and "no object named 'nowhere'" in out
+    code, by_prefix = objects("show", lobby[:8], "--persist-to", filled)  # a unique prefix
+    assert code == 0 and by_prefix == out_lobby(filled)
+    code, out = objects("show", "ffffff", "--persist-to", filled)
+    assert code == 1 and "nor an id that starts so" in out
+
+
+def out_lobby(filled: Path) -> str:
+    return objects("show", "lobby", "--persist-to", filled)[1]
 
 
 def test_export_then_import_under_another_name(filled: Path, tmp_path: Path) -> None:

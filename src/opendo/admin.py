@@ -90,9 +90,14 @@ def objects(persist: Where, class_name: str | None = None) -> Iterator[ObjectInf
         yield _info(persist, stored)
 
 
+HEX = "0123456789abcdef"
+PREFIX_MIN = 6  # hex digits of an id prefix, at least
+
+
 def find(persist: Where, ref: str, class_name: str | None) -> ObjectInfo:
-    """The object named by ``ref``: its 64-hex id, or the name it was made from (with the
-    class, unless only one class has objects)."""
+    """The object named by ``ref``: its 64-hex id, the name it was made from (with the
+    class, unless only one class has objects), or a unique prefix of its id (6 digits or
+    more)."""
     ref = ref.strip()
     if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):
         matches = [o for o in objects(persist, class_name) if o.id == ref.lower()]
@@ -109,8 +114,15 @@ def find(persist: Where, ref: str, class_name: str | None) -> ObjectInfo:
         stored = driver.stored(cls, namespace_key(persist, cls).from_name(ref))
         if stored is not None:
             found.append(_info(persist, stored))
+    if not found and PREFIX_MIN <= len(ref) < 64 and all(c in HEX for c in ref.lower()):
+        found = [o for o in objects(persist, class_name) if o.id.startswith(ref.lower())]
+        if len(found) > 1:
+            ids = ", ".join(f"{o.class_name} {o.id[:12]}…" for o in found[:5])
+            raise AdminError(f"the id prefix {ref} is not unique ({ids}): give more of it")
     if not found:
-        raise AdminError(f"no object named {ref!r} in {where_shown(persist)}")
+        raise AdminError(
+            f"no object named {ref!r} (nor an id that starts so) in {where_shown(persist)}"
+        )
     if len(found) > 1:
         raise AdminError(f"several classes have an object named {ref!r}: give --namespace")
     return found[0]
