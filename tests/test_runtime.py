@@ -514,3 +514,14 @@ def test_a_wrong_name_on_env_says_what_env_has_and_the_closest() -> None:
     with pytest.raises(KeyError, match="named 'QUEUE' \\(it has COUNTER\\)"):
         _ = runtime.env["QUEUE"]
     assert not hasattr(runtime.env, "QUEUE") and runtime.env.get("QUEUE", 1) == 1
+
+
+async def test_response_json_builds_on_the_class_and_parses_on_a_response() -> None:
+    built = Response.json({"a": [1]}, status=201, headers={"x-a": "1"})
+    assert (built.status, built.headers.get("content-type"), built.headers.get("x-a")) == (
+        201,
+        "application/json",
+        "1",
+    )
+    assert await built.json() == {"a": [1]}  # the fetch API's habit
+    assert await Response('{"b": 2}').json() == {"b": 2}

@@ -189,6 +189,15 @@ class Request:
         return f"<Request {self.method} {self.url}>"
 
 
+class _JsonMethod:
+    """``json`` of a response: on the class, ``from_json``; on a response, its parsed body."""
+
+    def __get__(self, response: Response | None, cls: type[Response]) -> Any:
+        if response is None:
+            return cls.from_json
+        return response._parsed_json
+
+
 class Response:
     """An HTTP response; ``Response(status=101, web_socket=client)`` accepts a WebSocket."""
 
@@ -225,16 +234,24 @@ class Response:
             self.headers.set("content-type", "text/plain;charset=UTF-8")
 
     @classmethod
-    def json(
+    def from_json(
         cls,
         data: Any,
         *,
         status: int = 200,
         headers: Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> Response:
+        """A response whose body is ``data`` as JSON (``application/json``)."""
         response = cls(json.dumps(data), status=status, headers=headers)
         response.headers.set("content-type", "application/json")
         return response
+
+    # ``Response.json(data, status=…)`` builds a JSON response; ``await response.json()``
+    # parses one's body, as the fetch API's habit has it (see _JsonMethod).
+    json: Any
+
+    async def _parsed_json(self) -> Any:
+        return json.loads(self.body)
 
     @property
     def ok(self) -> bool:
@@ -248,3 +265,6 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
+
+
+Response.json = _JsonMethod()

@@ -140,7 +140,7 @@ class Response(_http.Response):
             fields.set("content-type", "application/json")
         return cls(_json.dumps(data), status, status_text, fields)
 
-    def json(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def json(self, *args: Any, **kwargs: Any) -> Any:
         """``await response.json()`` parses the body; ``Response.json(data, status=…)``
         (called on the class) builds a JSON response, as Cloudflare's SDK allows both."""
         if isinstance(self, _http.Response):
