@@ -161,6 +161,28 @@ def examples_of_the_docs() -> list[str]:
     return blocks
 
 
+def test_async_tests_run_without_an_asyncio_plugin(pytester: pytest.Pytester) -> None:
+    """No pytest-asyncio (``-p no:asyncio``), no configuration: the README's kind of async
+    test that uses the fixture still runs, and can fail."""
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    (pytester.path / "opendo.toml").write_text(TOML)
+    (pytester.path / "worker.py").write_text(WORKER)
+    pytester.makepyfile(
+        test_plain="""
+        async def test_counts(opendo):
+            project = opendo()
+            response = await project.fetch("/a")
+            assert response.status == 200
+
+        async def test_fails(opendo):
+            project = opendo()
+            assert (await project.fetch("/")).status == 418
+        """
+    )
+    result = run(pytester, "-p", "no:asyncio")
+    result.assert_outcomes(passed=1, failed=1)
+
+
 # -- the plugin ------------------------------------------------------------------------------
 
 
@@ -169,7 +191,7 @@ def test_the_plugin_is_registered_with_pytest() -> None:
     assert plugin.value == "opendo.testing"
 
 
-def test_it_defines_only_a_fixture_and_leaves_other_tests_alone(
+def test_it_defines_a_fixture_and_leaves_other_tests_alone(
     pytester: pytest.Pytester,
 ) -> None:
     # pytest-asyncio's strict mode: async tests are marked, fixtures are plain.
@@ -196,7 +218,7 @@ def test_it_defines_only_a_fixture_and_leaves_other_tests_alone(
         ["opendo -- *opendo/testing/__init__.py*", "*Build in-process opendo*"]
     )
     hooks = [name for name in vars(opendo.testing) if name.startswith("pytest_")]
-    assert hooks == []
+    assert hooks == ["pytest_pyfunc_call"]  # only for async tests of the fixture, see below
 
 
 # -- requests --------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Testing Durable Objects with pytest: the ``opendo`` fixture.
 
 Installing opendo registers this module as a pytest plugin. It defines one fixture,
-``opendo``, and nothing else: no hooks, no autouse fixtures, no options. ``opendo(...)``
-builds an in-process project for the current test — its Worker, its objects, its storage in
-a fresh temporary directory (alarms included), a fake clock — and gives it back as a
-``Project``, whose methods are ``async``: use them from async tests (pytest-asyncio, in
-``auto`` mode or with ``@pytest.mark.asyncio``; anyio works too). Nothing listens on a
-socket.
+``opendo``, and one hook, for async tests that use it: no autouse fixtures, no options.
+``opendo(...)`` builds an in-process project for the current test — its Worker, its objects,
+its storage in a fresh temporary directory (alarms included), a fake clock — and gives it
+back as a ``Project``, whose methods are ``async``: use them from ``async def`` tests. Such a
+test runs on an event loop of its own (the hook) unless pytest-asyncio is installed, which
+then runs it (in ``auto`` mode or with ``@pytest.mark.asyncio``; anyio works too). Nothing
+listens on a socket.
 
 =========================================  =============================================
 ``project = opendo("examples/chat")``      a project from its ``opendo.toml`` (a path
@@ -134,6 +135,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import inspect
 import json
 import os
 import random
@@ -183,6 +185,23 @@ EVICT_TIMEOUT = 5.0  # seconds evict() waits for an object to finish what it is 
 
 
 # -- the fixture ----------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An ``async def`` test that uses the ``opendo`` fixture runs on an event loop of its
+    own when no asyncio plugin is installed (with pytest-asyncio or anyio, they run it)."""
+    test = pyfuncitem.obj
+    if (
+        not inspect.iscoroutinefunction(test)
+        or "opendo" not in pyfuncitem.fixturenames
+        or pyfuncitem.config.pluginmanager.hasplugin("asyncio")
+        or pyfuncitem.get_closest_marker("anyio") is not None
+    ):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(test(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
 
 
 @pytest.fixture
