@@ -103,6 +103,9 @@ class ClusterDriver:
         rows = self._run(lambda conn: conn.fetch(_OBJECTS, class_name, str(id)))
         return _stored(rows[0]) if rows else None
 
+    async def aclose(self) -> None:
+        """Nothing to wait for: each call ends its own connection."""
+
     def scan_alarms(self) -> Iterator[StoredAlarm]:
         rows = self._run(lambda conn: conn.fetch("SELECT ns, id, name, time_ms FROM opendo_alarm"))
         return iter([StoredAlarm(r["ns"], r["id"], r["name"], int(r["time_ms"])) for r in rows])

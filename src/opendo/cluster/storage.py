@@ -656,6 +656,9 @@ class ClusterStorages:
         if db.release_epoch is not None:
             self.shipper.release(db.key[0], db.key[1], db.release_epoch)
 
+    async def aclose(self) -> None:
+        """Nothing here: the node's ``aclose`` drains the shipper, before the runtime's ends."""
+
     def scan_alarms(self) -> Iterator[StoredAlarm]:
         return iter(())  # the alarm poller picks alarms from PostgreSQL
 

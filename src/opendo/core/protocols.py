@@ -152,6 +152,12 @@ class AlarmStore(Protocol):
         """Every stored alarm, of every object (read when the runtime starts)."""
         ...
 
+    async def aclose(self) -> None:
+        """Wait for what the storage still does for objects closed so far (the runtime's
+        ``aclose`` awaits it, and never suspends: an implementation blocks briefly, if it
+        waits at all)."""
+        ...
+
 
 class ObjectStorage(Protocol):
     """An object's ``ctx.storage``, as the runtime drives it."""

@@ -209,9 +209,7 @@ class Runtime:
             self.forwarder.close()
         for service in self.services:
             await service.aclose()
-        aclose = getattr(self.storage, "aclose", None)  # (core.protocols.StorageProvider)
-        if aclose is not None:
-            await aclose()
+        await self.storage.aclose()
 
     def drop_objects(self, code: int, reason: str) -> None:
         """Drop every object now: their sockets close with ``code`` and ``reason``, their

@@ -44,7 +44,4 @@ class Storages:
         return self.driver.scan_alarms()
 
     async def aclose(self) -> None:
-        """Wait for what the driver still does for closed objects (if it does anything)."""
-        aclose = getattr(self.driver, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self.driver.aclose()

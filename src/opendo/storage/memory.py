@@ -175,6 +175,9 @@ class MemoryDriver:
                 if stored is not None:
                     yield stored
 
+    async def aclose(self) -> None:
+        """Nothing to wait for: memory is let go of at once."""
+
     def scan_alarms(self) -> Iterator[StoredAlarm]:
         for stored in list(self.objects()):
             if stored.alarm_ms is not None:
