@@ -11,6 +11,7 @@ real SQLite files under ``tmp_path`` for the in-process cases.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,68 @@ async def test_a_first_write_that_cannot_be_stored_fails_and_leaves_no_files(
     await stub.run(lambda o: o.ctx.storage.put("k", 2))
     runtime.evict_all()
     assert await stub.run(lambda o: o.ctx.storage.get("k")) == 2
+
+
+async def test_the_first_write_makes_a_wal_mode_file_and_leaves_nothing_else(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    stub = runtime.env.BOX.get_by_name("new")
+    await stub.run(lambda o: o.ctx.storage.put("k", 1))
+    id = runtime.env.BOX.id_from_name("new")
+    state = tmp_path / "state"
+    assert files(state) == {
+        LOCK_FILE,
+        "Box",
+        f"Box/{id}.sqlite",
+        f"Box/{id}.sqlite-wal",
+        f"Box/{id}.sqlite-shm",
+    }
+    journal_mode = await stub.run(
+        lambda o: o.ctx.storage._db.connection.execute("PRAGMA journal_mode").fetchone()[0]
+    )
+    assert journal_mode == "wal"
+    await stub.run(lambda o: o.ctx.storage.put("k", 2))  # into its -wal
+    runtime.evict_all()
+    await runtime.aclose()
+    conn = sqlite3.connect(state / "Box" / f"{id}.sqlite")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+    assert await stub.run(lambda o: o.ctx.storage.get("k")) == 2
+
+
+@pytest.mark.parametrize("size", [0, 16384], ids=["empty", "zeros"])
+async def test_a_new_file_whose_first_sync_never_finished_is_set_aside(
+    runtime: Runtime, tmp_path: Path, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a machine that stopped before a new database's first fsync can leave: its name,
+    # with no data (or blocks of zeros). Nothing in it was ever acknowledged.
+    id = runtime.env.BOX.id_from_name("torn")
+    path = tmp_path / "state" / "Box" / f"{id}.sqlite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(size))
+    stub = runtime.env.BOX.get_by_name("torn")
+    assert await stub.run(lambda o: o.ctx.storage.get("k")) is None
+    await stub.run(lambda o: o.ctx.storage.put("k", 1))
+    runtime.evict_all()
+    assert await stub.run(lambda o: o.ctx.storage.get("k")) == 1
+    if size:
+        assert (path.parent / f"{path.name}.torn").read_bytes() == bytes(size)
+        assert "its first sync never finished" in caplog.text
+
+
+async def test_a_damaged_database_is_not_set_aside(runtime: Runtime, tmp_path: Path) -> None:
+    id = runtime.env.BOX.id_from_name("damaged")
+    path = tmp_path / "state" / "Box" / f"{id}.sqlite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a database, and not zeros" * 100)
+    stub = runtime.env.BOX.get_by_name("damaged")
+    with pytest.raises(Exception, match="cannot open"):
+        await stub.run(lambda o: o.ctx.storage.get("k"))
+    assert path.read_bytes().startswith(b"not a database")
+    assert not (path.parent / f"{path.name}.torn").exists()
 
 
 # -- the Upgrade header -------------------------------------------------------------------------

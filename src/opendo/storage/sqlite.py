@@ -17,7 +17,11 @@ quiet object waits for no queue, and under load one thread handoff serves many o
 *Lazy files.* A database whose file does not exist yet starts in memory (``file_pending``):
 reads see an empty database, and the first commit that leaves something stored moves it into
 its file (and makes the class directory, if this is the class's first). So an object that
-never stored anything leaves nothing on disk.
+never stored anything leaves nothing on disk. The move writes the database's image, in WAL
+mode already, under a temporary name and links it into place: SQLite has nothing to convert
+and syncs nothing then; the first round syncs the file, its ``-wal`` and its directory. A
+file a machine crash left before that round finished (no header, no WAL) held nothing that
+was acknowledged: it is moved aside to ``<id>.sqlite.torn`` and the object starts empty.
 
 *Closing.* The last connection to a database in WAL mode checkpoints it when it closes (it
 writes the WAL back into the file and syncs that): a closed database is let go of on a thread
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -67,6 +72,7 @@ from .database import (
     prepare,
     set_name,
     unavailable,
+    wal_image,
 )
 from .locks import ObjectInUseError as ObjectInUseError
 from .memory import MemoryDriver as MemoryDriver
@@ -80,6 +86,8 @@ __all__ = [
     "check_persist_directory",
     "read_migrations",
 ]
+
+log = logging.getLogger("opendo")
 
 _LANES = 2  # sync rounds in flight at once
 CLOSE_TIMEOUT = 30.0  # seconds SqliteDriver.aclose waits for databases still closing
@@ -104,12 +112,18 @@ class FileDatabase(SqliteDatabase):
             if self.file_pending:
                 conn = fresh(name)
             else:
-                conn = connect(str(path))
                 try:
-                    prepare(conn, name)
-                except BaseException:
-                    conn.close()
-                    raise
+                    conn = connect(str(path))
+                    try:
+                        prepare(conn, name)
+                    except BaseException:
+                        conn.close()
+                        raise
+                except sqlite3.DatabaseError:
+                    if not set_aside_if_never_synced(path):
+                        raise
+                    self.file_pending = True
+                    conn = fresh(name)
         except sqlite3.Error as exc:
             locks.release(path)
             raise DatabaseError(f"cannot open {path}: {exc}") from exc
@@ -149,24 +163,43 @@ class FileDatabase(SqliteDatabase):
 
     def _create_file(self) -> None:
         """The first commit that wrote: the database moves from memory into its file (and
-        its class directory, if this is the class's first). On failure nothing is left."""
+        its class directory, if this is the class's first). On failure nothing is left.
+
+        The file is the in-memory database's image with its header saying WAL mode, written
+        under a temporary name and linked into place (so no one ever sees half a file; the
+        link fails if another handle created the file meanwhile). SQLite has nothing to
+        convert and syncs nothing here: the first ``flush()`` syncs the file, its ``-wal``
+        and its directories, before anything of it is acknowledged."""
         path = self.path
-        if path.exists():
-            raise StorageError("another handle of the object created its file meanwhile")
         directory = path.parent
         made_directory = not directory.is_dir()
         if made_directory:
             directory.mkdir()
+        image = wal_image(self.connection.serialize())
+        temporary = directory / f".{path.name}.{os.getpid()}.new"
+        linked = False
         try:
-            conn = connect(str(path))
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                self.connection.backup(conn)
-            except BaseException:
-                conn.close()
-                raise
+                view = memoryview(image)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                raise StorageError(
+                    "another handle of the object created its file meanwhile"
+                ) from None
+            linked = True
+            temporary.unlink()
+            conn = connect(str(path))
         except BaseException:
-            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                leftover.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
+            if linked:
+                for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    leftover.unlink(missing_ok=True)
             if made_directory:
                 try:
                     directory.rmdir()
@@ -669,6 +702,36 @@ def check_persist_directory(directory: Path) -> None:
             f"the persist directory {directory} is not writable: {exc.strerror or exc} "
             f"(checked by creating, writing and syncing a file there)"
         ) from None
+
+
+def set_aside_if_never_synced(path: Path) -> bool:
+    """If ``path`` is what a crash of the machine can leave of a new database whose first
+    sync never finished (its header all zeros, no WAL content) — which held nothing anyone
+    was told was stored — move it aside to ``<name>.torn`` (True), so the object starts
+    empty; anything else is left as it is (False)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+        wal = Path(f"{path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+    except OSError:
+        return False
+    if any(header) or wal_size:
+        return False
+    aside = path.with_name(f"{path.name}.torn")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.torn{n}")
+    path.rename(aside)
+    Path(f"{path}-shm").unlink(missing_ok=True)
+    log.warning(
+        "%s holds no database: its first sync never finished (the machine stopped before "
+        "it); moved it aside to %s, and the object starts empty",
+        path,
+        aside.name,
+    )
+    return True
 
 
 def fsync_dir(path: Path) -> None:
