@@ -5,6 +5,9 @@
 #   env RUNS=3           runs per (workload, server); peer/opendo alternate, first server swaps each run
 #       ONLY=both        both | workerd | opendo
 #       HTTP=0           1: also httpload GET /bench-http, concurrency 32, 4000 requests
+#       PROJECT=examples/chat   the opendo app (examples/chat runs with --env bench: no rate
+#                        limit); examples/cloudflare/chat is the tutorial's app exactly
+#       WORKLOADS=       a regular expression: only the workloads whose label matches
 #       OPENDO=REPO/.venv/bin/opendo
 #       PY=/tmp/bench-venv/bin/python   (needs websockets + aiohttp)
 #       BENCH_DIR=/work/shared/bench  PEER_SRC=/work/shared/peer/chat-workerd
@@ -21,6 +24,8 @@ set -euo pipefail
 BENCH_NAME=compare_chat
 ONLY="${ONLY:-both}"
 HTTP="${HTTP:-0}"
+PROJECT="${PROJECT:-examples/chat}"
+WORKLOADS="${WORKLOADS:-}"
 READY_ON_OPEN_PORT=1   # an open port counts as ready too, not only the ready line
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -33,7 +38,7 @@ check_positive RUNS
 # --- preflight: fail before starting anything -------------------------------------------------
 if want opendo; then
   check_opendo "or run with ONLY=workerd"
-  [ -d "$REPO/examples/chat" ] || die "missing $REPO/examples/chat"
+  [ -d "$REPO/$PROJECT" ] || die "missing $REPO/$PROJECT"
 fi
 if want workerd; then check_peer; fi
 check_client "chatload.py httpload.py" "websockets aiohttp"
@@ -42,12 +47,19 @@ touch "$OUT"
 
 start_workdir
 if want workerd; then start_workerd_peer; fi
-if want opendo; then start_opendo dev examples/chat --no-reload --env bench; fi
+if want opendo; then
+  if [ "$PROJECT" = examples/chat ]; then
+    start_opendo dev "$PROJECT" --no-reload --env bench
+  else
+    start_opendo dev "$PROJECT" --no-reload
+  fi
+fi
 
 # --- load -------------------------------------------------------------------------------------
 chat() { # LABEL ROOMS CLIENTS SENDERS MESSAGES [CHATLOAD-ARG...]
   local label="$1" rooms="$2" clients="$3" senders="$4" messages="$5"
   shift 5
+  if [ -n "$WORKLOADS" ] && ! [[ $label =~ $WORKLOADS ]]; then return 0; fi
   each_run "$label" chatload "" --rooms "$rooms" --clients "$clients" --senders "$senders" \
     --messages "$messages" "$@"
 }
@@ -61,7 +73,7 @@ chat "ws 50x4 s2 m50" 50 4 2 50
 chat "ws 50x4 s2 m50 r50" 50 4 2 50 --rate 50   # paced: each message its own write
 chat "ws 1x10 s10 m1000" 1 10 10 1000
 chat "ws 1x100 s10 m100" 1 100 10 100
-if [ "$HTTP" = 1 ]; then
+if [ "$HTTP" = 1 ] && { [ -z "$WORKLOADS" ] || [[ "http c32 n4000" =~ $WORKLOADS ]]; }; then
   http "http c32 n4000" 32 4000
 fi
 
