@@ -159,3 +159,97 @@ def test_delete_asks_first(filled: Path) -> None:
     )
     assert result.exit_code == 0 and "nothing deleted" in result.output
     assert objects("show", "lobby", "--persist-to", filled)[0] == 0
+
+
+# -- query: read-only SQL on one object -----------------------------------------------------
+
+
+def test_query_reads_an_objects_tables(filled: Path) -> None:
+    code, out = objects(
+        "query", "lobby", "SELECT text FROM messages ORDER BY seq", "--persist-to", filled, "--json"
+    )
+    assert code == 0, out
+    assert [json.loads(line) for line in out.splitlines()] == [{"text": "one"}, {"text": "two"}]
+    code, out = objects(
+        "query", "lobby", "SELECT count(*) AS n FROM messages", "--persist-to", filled
+    )
+    assert code == 0, out
+    assert out.splitlines()[:2] == ["n", "2"]
+    assert "(1 row)" in out
+    readme = "SELECT name, text FROM messages ORDER BY seq DESC LIMIT 3"  # README's example
+    code, out = objects("query", "lobby", readme, "--project", CHAT, "--persist-to", filled)
+    assert code == 0, out
+    assert out.splitlines() == ["name  text", "Ada   two", "Ada   one", "(2 rows)"]
+    # the runtime's own tables are readable too: the KV entries, keys as blobs
+    code, out = objects(
+        "query",
+        "kitchen",
+        "SELECT key FROM _opendo_kv ORDER BY key",
+        "--persist-to",
+        filled,
+        "--json",
+    )
+    assert code == 0, out
+    assert {"key": "x'" + b"counter".hex() + "'"} in [json.loads(line) for line in out.splitlines()]
+
+
+def test_query_shows_at_most_the_limit(filled: Path) -> None:
+    code, out = objects(
+        "query",
+        "lobby",
+        "SELECT seq FROM messages",
+        "--persist-to",
+        filled,
+        "--json",
+        "--limit",
+        "1",
+    )
+    assert code == 0, out
+    assert len([line for line in out.splitlines() if line.startswith("{")]) == 1
+    assert "more rows than --limit 1" in out
+
+
+@pytest.mark.parametrize(
+    ("sql", "says"),
+    [
+        ("DELETE FROM messages", "only queries that read are allowed"),
+        ("UPDATE _opendo_kv SET value = x'00'", "only queries that read are allowed"),
+        ("CREATE TABLE t (x)", "only queries that read are allowed"),
+        ("PRAGMA journal_mode = DELETE", "only queries that read are allowed"),
+        ("SELECT 1; DELETE FROM messages", "one statement per query"),
+        ("SELECT * FROM nowhere", "no such table: nowhere"),
+        ("SELEKT 1", "syntax error"),
+    ],
+)
+def test_query_refuses_anything_but_one_read(filled: Path, sql: str, says: str) -> None:
+    code, out = objects("query", "lobby", sql, "--persist-to", filled)
+    assert code == 1
+    assert says in out
+    assert "Traceback" not in out
+    code, out = objects(
+        "query", "lobby", "SELECT count(*) AS n FROM messages", "--persist-to", filled, "--json"
+    )
+    assert json.loads(out.splitlines()[0]) == {"n": 2}  # nothing was changed
+
+
+def test_query_while_a_server_runs(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with run_opendo("serve", CHAT, "--port", "0", "--persist-to", state) as server:
+        port = server.wait_ready()
+        chat(port, "live", "hello")
+        code, out = objects(
+            "query", "live", "SELECT text FROM messages", "--persist-to", state, "--json"
+        )
+        assert code == 0, out
+        assert json.loads(out.splitlines()[0]) == {"text": "hello"}
+
+
+def test_a_query_that_runs_too_long_is_stopped() -> None:
+    from opendo.core.storage import SqlError
+    from opendo.storage.database import read_query
+
+    conn = sqlite3.connect(":memory:")
+    forever = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
+    with pytest.raises(SqlError, match=r"ran past 0.2 s and was stopped"):
+        read_query(conn, forever, timeout=0.2)
+    assert read_query(conn, "SELECT 1 AS one").rows == [(1,)]  # the connection still works

@@ -470,6 +470,13 @@ async def test_the_admin_commands_work_on_a_cluster(cluster: Cluster, tmp_path: 
     code, out = await cli("show", "alpha", "--namespace", "Counter")
     assert code == 0 and "'n': 41" in out, out
 
+    code, out = await cli(
+        "query", "alpha", "SELECT count(*) AS n FROM _opendo_kv", "--namespace", "Counter", "--json"
+    )
+    assert code == 0 and json.loads(out.splitlines()[0]) == {"n": 1}, out
+    code, out = await cli("query", "alpha", "DELETE FROM _opendo_kv", "--namespace", "Counter")
+    assert code == 1 and "only queries that read are allowed" in out, out
+
     dump = tmp_path / "alpha.sqlite"
     code, out = await cli("export", "alpha", "--namespace", "Counter", "-o", dump)
     assert code == 0, out

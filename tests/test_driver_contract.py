@@ -34,7 +34,7 @@ from opendo.core.errors import StorageUnavailableError
 from opendo.core.gates import InputGate, OutputGate
 from opendo.core.ids import DurableObjectId, NamespaceKey
 from opendo.core.migrations import Migration, MigrationError, MigrationRecord, apply
-from opendo.core.storage import FencedError, ObjectDatabase, SqlError
+from opendo.core.storage import FencedError, ObjectDatabase, QueryResult, SqlError
 from opendo.storage import Storages
 from opendo.storage.locks import LOCK_FILE, ObjectInUseError
 
@@ -721,6 +721,26 @@ def test_inspect_reads_keys_and_tables_with_row_counts(driver: StorageDriver) ->
     assert [(k, decode(v)) for k, v in contents.kv] == [(b"a", {"x": 1}), (b"b", 2)]
     assert contents.tables == {"empty": 0, "t": 2}
     assert driver.inspect("Box", B) is None
+
+
+def test_query_reads_and_refuses_to_write(driver: StorageDriver) -> None:
+    db = driver.open("Box", A)
+    db.begin()
+    db.kv_put([(b"k", encode(1))])
+    db.sql("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3)", ())
+    db.commit()
+    db.close()
+    result = driver.query("Box", A, "SELECT x FROM t ORDER BY x DESC", 2)
+    assert result == QueryResult(["x"], [(3,), (2,)], True)
+    assert driver.query("Box", A, "SELECT count(*) FROM _opendo_kv", 10) == QueryResult(
+        ["count(*)"], [(1,)], False
+    )
+    with pytest.raises(SqlError, match="only queries that read are allowed"):
+        driver.query("Box", A, "DELETE FROM t", 10)
+    assert driver.query("Box", A, "SELECT count(*) AS n FROM t", 10) == QueryResult(
+        ["n"], [(3,)], False
+    )
+    assert driver.query("Box", B, "SELECT 1", 10) is None
 
 
 def test_export_then_import_as_another_object(driver: StorageDriver, tmp_path: Path) -> None:

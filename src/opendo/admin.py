@@ -21,7 +21,7 @@ from .core.codec import decode
 from .core.errors import StorageError
 from .core.ids import NamespaceKey
 from .core.migrations import MigrationError
-from .core.storage import StorageDriver, StoredObject
+from .core.storage import QueryResult, SqlError, StorageDriver, StoredObject
 from .project.cluster import driver_for, where_shown
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "import_",
     "namespace_key",
     "objects",
+    "query",
     "show",
 ]
 
@@ -145,6 +146,20 @@ def show(info: ObjectInfo) -> dict[str, Any]:
         "kv": {key.decode("utf-8", "surrogatepass"): decode(value) for key, value in contents.kv},
         "tables": contents.tables,
     }
+
+
+def query(info: ObjectInfo, sql: str, limit: int) -> QueryResult:
+    """One read-only SQL statement on the object's database (its KV, alarm and name tables,
+    ``_opendo_kv`` and so on, included); its first ``limit`` rows."""
+    try:
+        result = info.driver.query(info.class_name, info.id, sql, limit)
+    except SqlError as exc:
+        raise AdminError(f"query refused: {exc}") from None
+    except StorageError as exc:
+        raise AdminError(str(exc)) from None
+    if result is None:
+        raise AdminError(f"{info.class_name} {info.id} has nothing stored any more")
+    return result
 
 
 def export(info: ObjectInfo, output: Path) -> None:

@@ -386,6 +386,64 @@ def objects_show(
     _admin(run)
 
 
+@objects.command("query")
+@click.argument("ref")
+@click.argument("sql")
+@_admin_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows shown at most.",
+)
+def objects_query(
+    ref: str,
+    sql: str,
+    project: Path,
+    persist_to: Path | None,
+    cluster_url: str | None,
+    namespace: str | None,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """Run one read-only SQL statement (SELECT, or a PRAGMA such as table_info) on object
+    REF's database (an id, a name, or a unique id prefix); safe while the server runs."""
+    import json
+
+    from .admin import find, query
+
+    def shown(value: object) -> object:
+        if isinstance(value, bytes):
+            return "x'" + value.hex() + "'"
+        return value
+
+    def run() -> None:
+        persist, class_name = _where(project, persist_to, namespace, cluster_url)
+        result = query(find(persist, ref, class_name), sql, limit)
+        if as_json:
+            for row in result.rows:
+                record = {c: shown(v) for c, v in zip(result.columns, row, strict=True)}
+                click.echo(json.dumps(record))
+        else:
+            cells = [[str(shown(v)) for v in row] for row in result.rows]
+            widths = [
+                min(40, max([len(c), *(len(r[i]) for r in cells)]))
+                for i, c in enumerate(result.columns)
+            ]
+            for line in [result.columns, *cells]:
+                click.echo(
+                    "  ".join(v[:40].ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+                )
+            n = len(result.rows)
+            click.echo(f"({n} row{'s' if n != 1 else ''})", err=True)
+        if result.truncated:
+            click.echo(f"(more rows than --limit {limit}; only the first shown)", err=True)
+
+    _admin(run)
+
+
 @objects.command("export")
 @click.argument("ref")
 @_admin_options

@@ -33,8 +33,15 @@ from ..core.errors import StorageError
 from ..core.ids import DurableObjectId
 from ..core.migrations import MigrationError, MigrationRecord
 from ..core.protocols import StoredAlarm
-from ..core.storage import DatabaseError, ObjectContents, StoredObject
-from ..storage.database import backup_to, check_export, contents, set_name
+from ..core.storage import DatabaseError, ObjectContents, QueryResult, StoredObject
+from ..storage.database import (
+    QUERY_LIMIT,
+    backup_to,
+    check_export,
+    contents,
+    read_query,
+    set_name,
+)
 from . import schema
 from .storage import read_image
 
@@ -134,6 +141,19 @@ class ClusterDriver:
                 return contents(conn, stored)
             except sqlite3.Error as exc:
                 raise DatabaseError(f"cannot read {class_name}({id}): {exc}") from exc
+            finally:
+                conn.close()
+
+    def query(
+        self, class_name: str, id: DurableObjectId | str, sql: str, limit: int = QUERY_LIMIT
+    ) -> QueryResult | None:
+        """On the object as a new owner would restore it."""
+        if self.stored(class_name, id) is None:
+            return None
+        with _image_file(self._image(class_name, str(id))) as path:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                return read_query(conn, sql, limit)
             finally:
                 conn.close()
 

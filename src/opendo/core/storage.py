@@ -65,6 +65,7 @@ __all__ = [
     "ObjectContents",
     "ObjectDatabase",
     "PointInTime",
+    "QueryResult",
     "SqlError",
     "SqlResult",
     "StorageDriver",
@@ -246,6 +247,14 @@ class ObjectContents(NamedTuple):
     tables: dict[str, int]  # the user's SQL tables, by name, with their row counts
 
 
+class QueryResult(NamedTuple):
+    """What ``query`` reads: the columns, and the rows up to the limit."""
+
+    columns: list[str]
+    rows: list[tuple[object, ...]]
+    truncated: bool  # there were more rows than the limit
+
+
 class StorageDriver(AlarmStore, Protocol):
     """Opens objects' databases; and what migrations and the admin commands need.
 
@@ -270,6 +279,13 @@ class StorageDriver(AlarmStore, Protocol):
 
     def inspect(self, class_name: str, id: DurableObjectId | str) -> ObjectContents | None:
         """Its KV entries and SQL tables with row counts (None if nothing is stored)."""
+        ...
+
+    def query(
+        self, class_name: str, id: DurableObjectId | str, sql: str, limit: int
+    ) -> QueryResult | None:
+        """One read-only SQL statement on the object's database (``database.read_query``);
+        None if nothing is stored."""
         ...
 
     def export_to(

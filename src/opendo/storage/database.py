@@ -25,11 +25,20 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import StorageError, StorageUnavailableError
-from ..core.storage import DatabaseError, Done, ObjectContents, SqlError, SqlResult, StoredObject
+from ..core.storage import (
+    DatabaseError,
+    Done,
+    ObjectContents,
+    QueryResult,
+    SqlError,
+    SqlResult,
+    StoredObject,
+)
 
 __all__ = [
     "ALARM_TABLE",
@@ -47,6 +56,7 @@ __all__ = [
     "holds_something",
     "is_export",
     "prepare",
+    "read_query",
     "set_name",
     "unavailable",
     "wal_image",
@@ -230,6 +240,50 @@ def contents(conn: sqlite3.Connection, stored: StoredObject) -> ObjectContents:
         if kind == "table" and table not in RUNTIME_TABLES:
             tables[table] = int(conn.execute(f"SELECT count(*) FROM {_quote(table)}").fetchone()[0])
     return ObjectContents(stored, [(bytes(k), bytes(v)) for k, v in kv], tables)
+
+
+QUERY_LIMIT = 1000  # rows ``opendo objects query`` shows unless told otherwise
+QUERY_TIMEOUT = 10.0  # seconds a read-only query may run
+
+
+def read_query(
+    conn: sqlite3.Connection, sql: str, limit: int = QUERY_LIMIT, timeout: float = QUERY_TIMEOUT
+) -> QueryResult:
+    """One SQL statement that only reads (a ``SELECT``, or an introspective ``PRAGMA`` such as
+    ``table_info``), on ``conn``; its first ``limit`` rows. The runtime's own tables can be
+    read too. Anything that would write, or a second statement, is refused with an
+    ``SqlError`` that says so; a query running past ``timeout`` seconds is stopped."""
+    if limit < 1:
+        raise SqlError(f"the row limit must be at least 1 (got {limit})")
+
+    def authorize(action: int, arg1: str | None, *_: str | None) -> int:
+        if action in _READ_ACTIONS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _USER_PRAGMAS:
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+
+    deadline = time.monotonic() + timeout
+    conn.set_authorizer(authorize)
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+    try:
+        cursor = conn.execute(sql)
+        columns = [d[0] for d in cursor.description or ()]
+        rows = cursor.fetchmany(limit + 1)
+    except sqlite3.ProgrammingError as exc:
+        raise SqlError(f"{exc} (one statement per query)") from None
+    except sqlite3.Error as exc:
+        if time.monotonic() > deadline:
+            raise SqlError(f"the query ran past {timeout:g} s and was stopped") from None
+        if "not authorized" in str(exc):
+            raise SqlError(
+                "only queries that read are allowed (SELECT, or a PRAGMA such as table_info)"
+            ) from None
+        raise SqlError(str(exc)) from None
+    finally:
+        conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+    return QueryResult(columns, [tuple(row) for row in rows[:limit]], len(rows) > limit)
 
 
 def is_export(conn: sqlite3.Connection) -> str | None:

@@ -25,8 +25,9 @@ from ..core.errors import StorageError
 from ..core.ids import DurableObjectId
 from ..core.migrations import MigrationError, MigrationRecord
 from ..core.protocols import StoredAlarm
-from ..core.storage import Done, FencedError, ObjectContents, StoredObject
+from ..core.storage import Done, FencedError, ObjectContents, QueryResult, StoredObject
 from .database import (
+    QUERY_LIMIT,
     Guard,
     SqliteDatabase,
     connect,
@@ -35,6 +36,7 @@ from .database import (
     holds_something,
     is_export,
     prepare,
+    read_query,
     set_name,
     unavailable,
 )
@@ -188,6 +190,13 @@ class MemoryDriver:
         if stored is None:
             return None
         return contents(self._kept[(class_name, str(id))].connection, stored)
+
+    def query(
+        self, class_name: str, id: DurableObjectId | str, sql: str, limit: int = QUERY_LIMIT
+    ) -> QueryResult | None:
+        if self.stored(class_name, id) is None:
+            return None
+        return read_query(self._kept[(class_name, str(id))].connection, sql, limit)
 
     def export_to(
         self, class_name: str, id: DurableObjectId | str, path: str | os.PathLike[str]

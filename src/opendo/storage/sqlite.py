@@ -58,10 +58,18 @@ from ..core.errors import StorageError
 from ..core.ids import DurableObjectId
 from ..core.migrations import MigrationError, MigrationRecord
 from ..core.protocols import StoredAlarm
-from ..core.storage import DatabaseError, Done, FencedError, ObjectContents, StoredObject
+from ..core.storage import (
+    DatabaseError,
+    Done,
+    FencedError,
+    ObjectContents,
+    QueryResult,
+    StoredObject,
+)
 from ..core.storage import StorageDriver as StorageDriver
 from . import locks
 from .database import (
+    QUERY_LIMIT,
     SqliteDatabase,
     backup_to,
     check_export,
@@ -70,6 +78,7 @@ from .database import (
     describe,
     fresh,
     prepare,
+    read_query,
     set_name,
     unavailable,
     wal_image,
@@ -514,6 +523,19 @@ class SqliteDriver:
             return contents(conn, stored)
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot read {class_name}({id}): {exc}") from exc
+        finally:
+            conn.close()
+
+    def query(
+        self, class_name: str, id: DurableObjectId | str, sql: str, limit: int = QUERY_LIMIT
+    ) -> QueryResult | None:
+        """A read-only query on the file (safe while a server writes: a reader of WAL mode
+        sees the last commit, and never blocks the writer)."""
+        if self.stored(class_name, id) is None:
+            return None
+        conn = connect(str(self.path_of(class_name, id)), read_only=True)
+        try:
+            return read_query(conn, sql, limit)
         finally:
             conn.close()
 
