@@ -198,3 +198,72 @@ def test_chat_ids_keep_counting_across_a_restart(
         clients.close()
         assert server.stop(signal.SIGTERM) == 0
     assert "Traceback" not in log.read_text()
+
+
+def create_objects(
+    port: int,
+    prefix: str,
+    out: list[str],
+    errors: list[str],
+    started: threading.Event,
+    stop: threading.Event,
+) -> None:
+    """GET /counter/<prefix>n<i> for i = 0, 1, …: each a new object, which must answer 1;
+    the names that did go to ``out``, anything else to ``errors``. Until ``stop`` or the
+    server goes away."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=RECV) as http:
+        for n in range(10**6):
+            if stop.is_set():
+                return
+            name = f"{prefix}n{n}"
+            try:
+                response = http.get(f"/counter/{name}")
+            except httpx.TransportError:
+                return  # killed
+            if response.status_code != 200 or response.text != "1":
+                errors.append(f"/counter/{name}: {response.status_code} {response.text!r}")
+                return
+            out.append(name)
+            started.set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigkill_while_objects_are_created_loses_none_that_answered(tmp_path: Path) -> None:
+    # Every request makes a new object (its database file is created then): each one that
+    # answered 1 must be there after the kill, and answer 2.
+    rng = random.Random(CRASH_SEED + 1)
+    persist = tmp_path / "state"
+    log = tmp_path / "server.log"
+    server = serve(COUNTER_DIR, persist, log)
+    try:
+        port = server.wait_ready()
+        for trial in range(8):
+            answered: list[str] = []
+            errors: list[str] = []
+            started, stop = threading.Event(), threading.Event()
+            threads = [
+                threading.Thread(
+                    target=create_objects,
+                    args=(port, f"t{trial}c{i}", answered, errors, started, stop),
+                )
+                for i in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            assert started.wait(RECV), f"trial {trial}: no answer: {errors}"
+            stop.wait(rng.uniform(0.05, 0.3))  # the kill moment
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+            stop.set()
+            for thread in threads:
+                thread.join(STOP_DEADLINE)
+                assert not thread.is_alive()
+            assert errors == [], f"trial {trial}: {errors}"
+            server = serve(COUNTER_DIR, persist, log)
+            port = server.wait_ready()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=RECV) as http:
+                for name in answered:
+                    response = http.get(f"/counter/{name}")
+                    assert response.text == "2", f"trial {trial}: /counter/{name} was lost"
+    finally:
+        server.close()
