@@ -4,15 +4,10 @@ Every object gets its own SQLite database, ``<persist>/<Class>/<id>.sqlite`` (th
 on it are ``database.SqliteDatabase``'s). The database runs in WAL mode with
 ``synchronous=NORMAL``: a ``COMMIT`` appends the transaction's pages to the ``-wal`` file (a
 ``write()`` into the OS page cache) without waiting for the disk, and SQLite itself syncs at
-checkpoints. What is slow is making a commit durable, so that happens off the event loop.
-
-*Sync rounds.* ``sync(commit, done)`` of every database of an event loop goes to one
-``_Rounds``: it fsyncs every database waiting, in one job on a thread of its own (each
-database's ``flush()``: an fsync of its WAL file, and — for a new file — of the file and its
-directories), then answers them all; the databases that ask meanwhile form the next round.
-A round covers the commits each of its databases had made when it started; a database whose
-waiters asked for later commits goes into the next round. Two rounds may run at once, so a
-quiet object waits for no queue, and under load one thread handoff serves many objects.
+checkpoints. What is slow is making a commit durable, so that happens off the event loop:
+``sync(commit, done)`` hands the database to the sync rounds of ``storage.rounds``, which
+call its ``flush()`` on a thread (an fsync of its WAL file, and — for a new file — of the file
+and its directories) or cover it by one barrier shared with the other databases of a round.
 
 *Lazy files.* A database whose file does not exist yet starts in memory (``file_pending``):
 reads see an empty database, and the first commit that leaves something stored moves it into
@@ -50,7 +45,6 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +61,7 @@ from ..core.storage import (
     StoredObject,
 )
 from ..core.storage import StorageDriver as StorageDriver
-from . import locks
+from . import locks, rounds
 from .database import (
     QUERY_LIMIT,
     SqliteDatabase,
@@ -85,6 +79,7 @@ from .database import (
 )
 from .locks import ObjectInUseError as ObjectInUseError
 from .memory import MemoryDriver as MemoryDriver
+from .rounds import fsync_dir
 
 # ``X as X`` above: names the runtime, the server and the CLI import from here, whose homes
 # are core.storage, storage.memory and storage.locks.
@@ -98,7 +93,6 @@ __all__ = [
 
 log = logging.getLogger("opendo")
 
-_LANES = 2  # sync rounds in flight at once
 CLOSE_TIMEOUT = 30.0  # seconds SqliteDriver.aclose waits for databases still closing
 
 
@@ -149,6 +143,7 @@ class FileDatabase(SqliteDatabase):
         self._synced_once = False
         self._new_directory = False  # the first commit made the class directory
         self._wal_fd: int | None = None
+        self._device = 0  # the filesystem of the -wal file (st_dev), once it is open
 
     def check_epoch(self) -> None:
         why = locks.lost(self._held, self.epoch)
@@ -233,16 +228,26 @@ class FileDatabase(SqliteDatabase):
         else:
             self.waiting.append((commit, done))
             if not self.in_round:
-                _rounds().add(self)
+                rounds.of_loop().add(self)
 
     def flush(self) -> None:
-        """Block until every commit made so far is on disk. Runs in a round's thread. A new
+        """Block until every commit made so far is on disk — or, in a round with a shared
+        barrier, until the round's ``syncfs()`` has run. Runs in a round's thread. A new
         database's directories are synced too — by the round, which syncs each once however
-        many new databases it has there (``_round.directories``)."""
+        many new databases it has there (``rounds.current.directories``)."""
         if self.file_pending:
             return
         if self._wal_fd is None:
             self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            self._device = os.fstat(self._wal_fd).st_dev
+        barrier: dict[int, int] | None = getattr(rounds.current, "barrier", None)
+        if barrier is not None:
+            # The round ends with one syncfs() of this filesystem: it writes every file of
+            # it, their directories too, and flushes the disk ("Shared barrier" above).
+            barrier.setdefault(self._device, self._wal_fd)
+            rounds.current.devices.add(self._device)
+            self._synced_once = True
+            return
         os.fsync(self._wal_fd)
         if not self._synced_once:
             # A new database: its file and its -wal file must also be found after a crash.
@@ -254,7 +259,7 @@ class FileDatabase(SqliteDatabase):
             parents = [self.path.parent]
             if self._new_directory:
                 parents.append(self.path.parent.parent)
-            directories: set[Path] | None = getattr(_round, "directories", None)
+            directories: set[Path] | None = getattr(rounds.current, "directories", None)
             if directories is None:
                 for directory in parents:
                     fsync_dir(directory)
@@ -275,7 +280,7 @@ class FileDatabase(SqliteDatabase):
             ready = [done for _, done in self.waiting]
             self.waiting = []
         if self.waiting:
-            _rounds().add(self)  # commits made after the round started
+            rounds.of_loop().add(self)  # commits made after the round started
         elif self._closed:
             self._let_go()
         for done in ready:
@@ -320,95 +325,9 @@ class FileDatabase(SqliteDatabase):
         _closer().submit(close)
 
 
-class _Rounds:
-    """Syncs databases in rounds: see "Sync rounds" above."""
-
-    __slots__ = ("loop", "waiting", "running")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.waiting: list[FileDatabase] = []
-        self.running = 0
-
-    def add(self, db: FileDatabase) -> None:
-        db.in_round = True
-        self.waiting.append(db)
-        if self.running < _LANES:
-            self._round()
-
-    def _round(self) -> None:
-        batch, self.waiting = self.waiting, []
-        targets = [db.commits for db in batch]
-        self.running += 1
-        future = self.loop.run_in_executor(_sync_threads(), _flush_all, batch)
-        future.add_done_callback(lambda f: self._finished(f, batch, targets))
-
-    def _finished(
-        self,
-        future: asyncio.Future[list[BaseException | None]],
-        batch: list[FileDatabase],
-        targets: list[int],
-    ) -> None:
-        self.running -= 1
-        if future.cancelled():
-            errors: list[BaseException | None] = [asyncio.CancelledError()] * len(batch)
-        elif (failure := future.exception()) is not None:
-            errors = [failure] * len(batch)
-        else:
-            errors = future.result()
-        for db, target, error in zip(batch, targets, errors, strict=True):
-            db.round_done(target, error)
-        if self.waiting and self.running < _LANES:
-            self._round()
-
-
-def _flush_all(databases: list[FileDatabase]) -> list[BaseException | None]:
-    """One round, in a sync thread: each database's fsync, then each directory of a new one
-    once; how it went for each database."""
-    errors: list[BaseException | None] = []
-    needs: list[set[Path]] = []  # the directories each database waits for
-    for db in databases:
-        directories: set[Path] = set()
-        _round.directories = directories
-        try:
-            db.flush()
-        except Exception as exc:
-            errors.append(exc)
-        else:
-            errors.append(None)
-        finally:
-            _round.directories = None
-        needs.append(directories)
-    failed: dict[Path, BaseException] = {}
-    for directory in sorted(set().union(*needs), key=lambda d: len(d.parts), reverse=True):
-        try:
-            fsync_dir(directory)  # a class directory before the persist directory holding it
-        except Exception as exc:
-            failed[directory] = exc
-    if failed:
-        for i, directories in enumerate(needs):
-            for directory in directories:
-                if errors[i] is None and directory in failed:
-                    errors[i] = failed[directory]
-    return errors
-
-
-_all_rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Rounds] = (
-    weakref.WeakKeyDictionary()
-)
-_threads: list[concurrent.futures.ThreadPoolExecutor] = []
 _closers: list[concurrent.futures.ThreadPoolExecutor] = []
-_round = threading.local()  # .directories: of the database a round's thread syncs now
 _closing: dict[Path, int] = {}  # databases being closed off the loop: how many handles
 _closing_lock = threading.Lock()
-
-
-def _rounds() -> _Rounds:
-    loop = asyncio.get_running_loop()
-    rounds = _all_rounds.get(loop)
-    if rounds is None:
-        rounds = _all_rounds[loop] = _Rounds(loop)
-    return rounds
 
 
 def _closer() -> concurrent.futures.ThreadPoolExecutor:
@@ -427,14 +346,6 @@ def settle() -> None:
     holds)."""
     if _closing:
         wait_closed().result(CLOSE_TIMEOUT)
-
-
-def _sync_threads() -> concurrent.futures.ThreadPoolExecutor:
-    if not _threads:
-        _threads.append(
-            concurrent.futures.ThreadPoolExecutor(_LANES, thread_name_prefix="opendo-sync")
-        )
-    return _threads[0]
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -754,11 +665,3 @@ def set_aside_if_never_synced(path: Path) -> bool:
         aside.name,
     )
     return True
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
