@@ -35,7 +35,7 @@ step() { # NAME COMMAND...: run it, its output to OUT/NAME.txt (and on stderr as
 }
 failed=()
 
-step chat_tutorial env PROJECT=examples/cloudflare/chat WORKLOADS='^ws 1x10 s10 m1000$' \
+step chat_tutorial env PROJECT=bench/tutorial WORKLOADS='^ws 1x10 s10 m1000$' \
   bash bench/compare_chat.sh "$OUT/chat_tutorial.jsonl"
 step chat env PROJECT=examples/chat WORKLOADS='^ws 1x10 s10 m1000$|r50$' \
   bash bench/compare_chat.sh "$OUT/chat.jsonl"

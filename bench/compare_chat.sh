@@ -6,7 +6,7 @@
 #       ONLY=both        both | workerd | opendo
 #       HTTP=0           1: also httpload GET /bench-http, concurrency 32, 4000 requests
 #       PROJECT=examples/chat   the opendo app (examples/chat runs with --env bench: no rate
-#                        limit); examples/cloudflare/chat is the tutorial's app exactly
+#                        limit); bench/tutorial is the tutorial's app exactly
 #       WORKLOADS=       a regular expression: only the workloads whose label matches
 #       OPENDO=REPO/.venv/bin/opendo
 #       PY=/tmp/bench-venv/bin/python   (needs websockets + aiohttp)
