@@ -59,7 +59,7 @@ class Node:
     def __init__(self, persist: Path, *args: str) -> None:
         env = dict(os.environ, OPENDO_CLUSTER_SECRET=SECRET)
         self.proc = subprocess.Popen(
-            [str(OPENDO), "serve", "examples/counter", "--port", "0",
+            [str(OPENDO), "serve", "examples/counter", "--port", "0", "--no-access-log",
              "--persist-to", str(persist), *args],
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -117,6 +117,7 @@ class Server:
             "0",
             "--ip",
             "127.0.0.1",
+            "--no-access-log",
             "--persist-to",
             str(self.work / "state"),
             "--log-level",

@@ -195,7 +195,8 @@ start_opendo() { # SUBCOMMAND APP [OPTION...]
   while [ "$OPENDO_PORT" = "$WORKERD_PORT" ]; do OPENDO_PORT="$(free_port)"; done
   mkdir -p "$WORK/persist-opendo"
   persist="$(mktemp -d "$WORK/persist-opendo/XXXXXX")"
-  (cd "$REPO" && exec "$OPENDO" "$sub" "$app" --port "$OPENDO_PORT" "$@" \
+  # No access log: the peer writes none either.
+  (cd "$REPO" && exec "$OPENDO" "$sub" "$app" --port "$OPENDO_PORT" --no-access-log "$@" \
     --persist-to "$persist") >"$WORK/opendo.log" 2>&1 &
   OPENDO_PID=$!
   STARTED+=("$OPENDO_PID")

@@ -80,7 +80,7 @@ class Server:
         self.kind = kind
         if kind == "opendo":
             command = [str(OPENDO), "serve", "examples/counter", "--port", "0",
-                       "--persist-to", str(persist)]  # fmt: skip
+                       "--no-access-log", "--persist-to", str(persist)]  # fmt: skip
             cwd, env = REPO, dict(os.environ)
             self.port = 0
         else:

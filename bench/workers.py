@@ -80,7 +80,17 @@ def cpu(pids: list[int]) -> float:
 class Server:
     def __init__(self, project: str, persist: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [str(OPENDO), "serve", project, "--port", "0", "--persist-to", str(persist), *args],
+            [
+                str(OPENDO),
+                "serve",
+                project,
+                "--port",
+                "0",
+                "--no-access-log",
+                "--persist-to",
+                str(persist),
+                *args,
+            ],  # fmt: skip
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

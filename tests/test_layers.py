@@ -55,7 +55,8 @@ LAYERS: dict[str, Layer] = {
     "storage":      Layer("core",                               "msgspec"),
     # not storage: runtime reaches storage only through the protocols in core/protocols.py
     "runtime":      Layer("core api",                           ""),
-    "server":       Layer("core api runtime",                   "httptools uvicorn websockets"),
+    "server":       Layer("core api runtime",
+                          "httptools prometheus_client uvicorn websockets"),
     "project":      Layer("core api storage runtime server workers multiprocess cluster", "*"),
     "workers":      Layer("core api runtime storage",           ""),
     "testing":      Layer("core api storage runtime server project",

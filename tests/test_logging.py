@@ -6,12 +6,14 @@ Driven through a real ``logging.Logger`` and handler, with the filter's injected
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from opendo.core.logs import BURST, INTERVAL, RepeatFilter, install
+from opendo.core.logs import BURST, INTERVAL, JsonFormatter, RepeatFilter, install
 
 
 class Clock:
@@ -108,3 +110,50 @@ def test_install_puts_one_filter_on_each_handler() -> None:
     finally:
         for handler in handlers:
             logger.removeHandler(handler)
+
+
+def test_access_log_lines_are_never_rate_limited(clock: Clock) -> None:
+    access = logging.getLogger("opendo.access")
+    handler = Lines()
+    handler.addFilter(RepeatFilter(clock=clock))
+    access.addHandler(handler)
+    access.propagate = False
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        for _ in range(BURST * 4):  # the same request again and again: a line each
+            access.info("GET /counter/a 200 0.4 ms Counter a")
+    finally:
+        access.removeHandler(handler)
+        access.propagate = True
+        access.setLevel(level)
+    assert handler.lines == ["INFO GET /counter/a 200 0.4 ms Counter a"] * (BURST * 4)
+
+
+def test_json_lines_carry_the_access_fields_and_the_traceback() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("opendo.access", logging.INFO, __file__, 1, "GET %s", ("/a",), None)
+    for name, value in {"method": "GET", "path": "/a", "status": 200, "ms": 1.5}.items():
+        setattr(record, name, value)
+    setattr(record, "class", "Counter")
+    entry = json.loads(formatter.format(record))
+    assert entry.pop("time").endswith("+00:00")
+    assert entry == {
+        "level": "info",
+        "logger": "opendo.access",
+        "message": "GET /a",
+        "method": "GET",
+        "path": "/a",
+        "status": 200,
+        "ms": 1.5,
+        "class": "Counter",
+    }
+    try:
+        raise ValueError("bad frame")
+    except ValueError:
+        failed = logging.LogRecord(
+            "opendo", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    line = formatter.format(failed)
+    assert "\n" not in line  # one line per record, the traceback inside it
+    assert json.loads(line)["exception"].endswith("ValueError: bad frame")

@@ -106,9 +106,8 @@ def test_a_server_under_a_low_descriptor_limit_serves_many_more_objects(tmp_path
     (before, it ran out of descriptors at the 60th object)."""
     command = ["prlimit", "--nofile=256:256", OPENDO, "serve", str(COUNTER), "--port", "0"]
     command += ["--persist-to", str(tmp_path / "state")]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as server:
+    log = (tmp_path / "stderr.log").open("w")  # its access log: a line per request
+    with log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True) as server:
         try:
             assert server.stdout is not None
             port = 0

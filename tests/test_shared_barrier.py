@@ -89,8 +89,7 @@ async def test_a_round_of_many_databases_is_made_durable_by_one_syncfs(
     # The first two rounds start at once, a database each (an fsync each: under the
     # threshold); the others wait for one of them and form the third.
     assert await asyncio.to_thread(recorder.started.wait, WITHIN), "no syncfs() began"
-    assert all(answer.done() for answer in answers[:2])
-    assert [answer.result() for answer in answers[:2]] == [None, None]
+    assert await asyncio.wait_for(asyncio.gather(*answers[:2]), WITHIN) == [None, None]
     assert not any(answer.done() for answer in answers[2:]), "answered before the barrier"
     recorder.release()
     assert await asyncio.wait_for(asyncio.gather(*answers[2:]), WITHIN) == [None] * (MANY - 2)

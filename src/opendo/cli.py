@@ -38,9 +38,16 @@ def _run(
     limits: dict[str, Any],
     workers: int = 1,
     cluster: dict[str, Any] | None = None,
+    operations: dict[str, Any] | None = None,
 ) -> None:
     from .project.cluster import cluster_driver, cluster_options, cluster_secret
     from .project.serve import serve
+    from .server.admin import AdminOptions
+
+    ops = operations or {}
+    admin = None
+    if ops.get("admin_port") is not None:
+        admin = AdminOptions(ops.get("admin_ip") or "127.0.0.1", ops["admin_port"])
 
     try:
         chosen = Limits(**{k: v for k, v in limits.items() if v is not None})
@@ -78,6 +85,9 @@ def _run(
             limits=chosen,
             workers=workers,
             cluster=options,
+            admin=admin,
+            log_format=ops.get("log_format") or "text",
+            access_log=ops.get("access_log", True),
         )
     except (ConfigError, MigrationError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
@@ -107,7 +117,35 @@ _options = [
         show_default=True,
         help="What the server logs (to stderr).",
     ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="The log's lines: text, or one JSON object each.",
+    ),
+    click.option(
+        "--access-log/--no-access-log",
+        default=True,
+        show_default=True,
+        help="A line per request: method, path, status, milliseconds, class and object.",
+    ),
+    click.option(
+        "--admin-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve /metrics, /healthz and /readyz on this port (0 picks a free one; with "
+        "--workers N each worker takes the first free of PORT..PORT+N-1). Default: off.",
+    ),
+    click.option(
+        "--admin-ip",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address the admin listener listens on.",
+    ),
 ]
+
+_OPERATIONS = ("log_format", "access_log", "admin_port", "admin_ip")
 
 
 for _field in dataclasses.fields(Limits):
@@ -158,7 +196,8 @@ def dev(
     **limits: Any,
 ) -> None:
     """Run PROJECT (a directory with opendo.toml) locally for development."""
-    _run(project, port, ip, persist_to, env, reload, log_level, _limits(limits))
+    ops = {name: limits.pop(name) for name in _OPERATIONS}
+    _run(project, port, ip, persist_to, env, reload, log_level, _limits(limits), operations=ops)
 
 
 class _Workers(click.ParamType[int, Any]):
@@ -229,7 +268,20 @@ def serve(
 ) -> None:
     """Run PROJECT in production (no reloading)."""
     cluster = {"url": cluster_url, "advertise": advertise, "lease_seconds": lease_seconds}
-    _run(project, port, ip, persist_to, env, False, log_level, _limits(limits), workers, cluster)
+    ops = {name: limits.pop(name) for name in _OPERATIONS}
+    _run(
+        project,
+        port,
+        ip,
+        persist_to,
+        env,
+        False,
+        log_level,
+        _limits(limits),
+        workers,
+        cluster,
+        ops,
+    )
 
 
 # -- opendo objects ---------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 import zlib
 from collections.abc import Iterator
 from datetime import datetime
@@ -59,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import StorageError
 from ..core.ids import DurableObjectId
+from ..core.metrics import METRICS
 from ..core.protocols import StorageOwner, StoredAlarm
 from ..core.storage import DatabaseError, Done, FencedError
 from ..storage import Storage
@@ -418,6 +420,7 @@ class Shipper:
         shipping = [f for f in flushes if f.changes]
         written: dict[Key, int] = {}
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             for f in shipping:
                 if f.changes.nbytes > _BIG or f.snapshot is not None:
@@ -435,6 +438,9 @@ class Shipper:
         finally:
             self.running -= 1
             self.rounds += 1
+            if shipping:
+                METRICS.flush_seconds.observe(time.monotonic() - started, "postgresql")
+                METRICS.flushed_objects.inc("postgresql", amount=len(shipping))
         for f in flushes:
             db = f.db
             if error is not None and f.changes:

@@ -1,4 +1,5 @@
-"""Keeping the server's log readable when the same thing goes wrong again and again.
+"""Keeping the server's log readable when the same thing goes wrong again and again, and
+writing it as JSON when asked to.
 
 A full disk fails every write, and every failed write logs its error and the reset it causes;
 a client that sends garbage in a loop can do the same. ``RepeatFilter``, installed on the
@@ -8,19 +9,25 @@ every ``interval`` (5) seconds, marked ``[repeated N times in the last S s]``, N
 lines it stands for. A line that comes again after ``interval`` seconds of quiet starts a
 new burst. A run of dropped lines is summarised by the next occurrence after the interval:
 the count is never lost while the condition lasts, and a condition that stops stops logging.
+The access log (a line per request, identical ones included) is never rate-limited.
+
+``JsonFormatter`` (``--log-format json``) writes each line as one JSON object.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-__all__ = ["BURST", "INTERVAL", "RepeatFilter", "install"]
+__all__ = ["BURST", "INTERVAL", "UNLIMITED", "JsonFormatter", "RepeatFilter", "install"]
 
 BURST = 5  # identical lines that pass before they are rate-limited
 INTERVAL = 5.0  # seconds between two summaries of one repeated line
+UNLIMITED = frozenset({"opendo.access"})  # loggers whose lines are never rate-limited
 _KEYS = 1024  # distinct lines remembered
 
 
@@ -51,6 +58,8 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in UNLIMITED:
+            return True
         try:
             message = record.getMessage()
         except Exception:
@@ -96,3 +105,28 @@ def install(*loggers: logging.Logger) -> None:
         for handler in logger.handlers:
             if not any(isinstance(f, RepeatFilter) for f in handler.filters):
                 handler.addFilter(RepeatFilter())
+
+
+# The access log's fields (server.gateway), written as keys of their own.
+ACCESS_FIELDS = ("method", "path", "status", "ms", "class", "object")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``; an access log line's fields (``ACCESS_FIELDS``); an exception's traceback as
+    ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = record.__dict__
+        for name in ACCESS_FIELDS:
+            if name in fields:
+                entry[name] = fields[name]
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)

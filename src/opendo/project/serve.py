@@ -24,6 +24,7 @@ from ..core.migrations import MigrationError
 from ..core.migrations import apply as apply_migrations
 from ..multiprocess.forwarder import ProcessForwarder
 from ..multiprocess.placement import LockPlacement
+from ..server.admin import AdminOptions
 from ..server.asgi import App
 from ..server.assets import Assets
 from ..server.gateway import Limits
@@ -49,6 +50,9 @@ _ENV_PERSIST = "OPENDO_PERSIST_TO"
 _ENV_LOG_LEVEL = "OPENDO_LOG_LEVEL"
 _ENV_LIMITS = "OPENDO_LIMITS"
 _ENV_CLUSTER = "OPENDO_CLUSTER"
+_ENV_ADMIN = "OPENDO_ADMIN"
+_ENV_LOG_FORMAT = "OPENDO_LOG_FORMAT"
+_ENV_ACCESS_LOG = "OPENDO_ACCESS_LOG"
 
 
 def create_app(
@@ -60,9 +64,12 @@ def create_app(
     storage: StorageDriver | None = None,
     limits: Limits | None = None,
     cluster: ClusterOptions | None = None,
+    admin: AdminOptions | None = None,
 ) -> App:
     """The ASGI application of the project in ``project`` (a directory or its opendo.toml):
-    embedded, or a node of a cluster (``cluster``, or ``[cluster]`` in opendo.toml).
+    embedded, or a node of a cluster (``cluster``, or ``[cluster]`` in opendo.toml). With
+    ``admin``, the app also serves the admin listener (``/metrics``, ``/healthz``,
+    ``/readyz``) while it runs.
 
     ::
 
@@ -102,11 +109,16 @@ def create_app(
     assets = None
     if config.assets is not None:
         assets = Assets(config.assets.directory, config.assets.not_found_handling)
-    return App(runtime, assets, limits)
+    return App(runtime, assets, limits, admin)
 
 
 def _limits_from_environ() -> Limits:
     return Limits(**json.loads(os.environ.get(_ENV_LIMITS) or "{}"))
+
+
+def _admin_from_environ() -> AdminOptions | None:
+    fields = json.loads(os.environ.get(_ENV_ADMIN) or "null")
+    return None if fields is None else AdminOptions(**fields)
 
 
 def _cluster_from_environ() -> ClusterOptions | None:
@@ -124,6 +136,7 @@ def _app_from_environ() -> App:
             persist_to=os.environ.get(_ENV_PERSIST) or None,
             limits=_limits_from_environ(),
             cluster=_cluster_from_environ(),
+            admin=_admin_from_environ(),
         )
     except (ConfigError, MigrationError) as exc:
         print(f"opendo: {exc}", file=sys.stderr, flush=True)
@@ -207,15 +220,23 @@ class _Workers(Multiprocess):
 
 
 def _setup_logging() -> None:
-    from ..core.logs import install
+    """The server's log: to stderr, as text or one JSON object per line; uvicorn's own lines
+    in the same format; the access log on unless turned off."""
+    from ..core.logs import JsonFormatter, install
 
-    logging.basicConfig(
-        level=os.environ.get(_ENV_LOG_LEVEL, "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get(_ENV_LOG_FORMAT) == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(os.environ.get(_ENV_LOG_LEVEL, "info").upper())
+    access = os.environ.get(_ENV_ACCESS_LOG, "1") == "1"
+    logging.getLogger("opendo.access").disabled = not access
     # Identical lines repeated (a full disk fails every write) are rate-limited.
-    install(logging.getLogger(), logging.getLogger("uvicorn"), logging.getLogger("uvicorn.access"))
+    install(root)
 
 
 def serve(
@@ -230,12 +251,21 @@ def serve(
     limits: Limits | None = None,
     workers: int = 1,
     cluster: ClusterOptions | None = None,
+    admin: AdminOptions | None = None,
+    log_format: str = "text",
+    access_log: bool = True,
 ) -> None:
     """Run the project's server in the foreground until SIGINT or SIGTERM: one process, or
     ``workers`` processes on one socket (objects live in the one that holds their lock, and
-    the others forward to it); in a ``cluster``, each process is a node of it."""
+    the others forward to it); in a ``cluster``, each process is a node of it. With
+    ``admin``, each process serves an admin listener (``server.admin``)."""
     limits = limits or Limits()
     os.environ[_ENV_LOG_LEVEL] = log_level
+    os.environ[_ENV_LOG_FORMAT] = log_format
+    os.environ[_ENV_ACCESS_LOG] = "1" if access_log else "0"
+    if admin is not None and workers > 1:
+        admin = dataclasses.replace(admin, ports=workers)
+    os.environ[_ENV_ADMIN] = json.dumps(None if admin is None else admin.to_json())
     os.environ[_ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
     os.environ[_ENV_CLUSTER] = json.dumps(None if cluster is None else cluster.to_json())
     config = load_config(project, env)  # fail early, with a clear message
@@ -253,10 +283,11 @@ def serve(
         ws="none",
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(limits.shutdown_timeout)),
-        access_log=False,
+        access_log=False,  # opendo's own (server.gateway)
         proxy_headers=False,
         server_header=False,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go to opendo's handler, in its format
         reload=reload,
         reload_dirs=[str(config.root)] if reload else None,
     )

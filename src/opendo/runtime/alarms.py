@@ -22,6 +22,7 @@ from ..core.alarms import MAX_RETRIES, AlarmScheduler, retry_delay
 from ..core.clock import Clock
 from ..core.events import Alarm, GiveUpAlarm
 from ..core.ids import DurableObjectId
+from ..core.metrics import METRICS
 from ..core.protocols import StoredAlarm
 from .invoke import give_up_alarm
 
@@ -99,16 +100,20 @@ class AlarmRunner:
                     outcome = await host.call(Alarm(by, retry))
                 except Exception as exc:
                     log.warning("alarm of %s failed (attempt %d): %r", host.name(), retry + 1, exc)
+                    METRICS.alarms.inc(class_name, "failed")
                     retry += 1
                     if retry > MAX_RETRIES:
                         log.error("alarm of %s given up after %d retries", host.name(), MAX_RETRIES)
+                        METRICS.alarms.inc(class_name, "given_up")
                         await self._give_up(self._hosts.host(namespace, id), by)
                         return True
                     await self._sleep(retry_delay(retry, self._rng))
                     continue
                 if outcome is None:
                     return False
-                if outcome is not True:
+                if outcome is True:
+                    METRICS.alarms.inc(class_name, "ran")
+                else:
                     self.schedule.schedule(key, int(outcome))  # not due yet
                 return True
         finally:

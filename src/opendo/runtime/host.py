@@ -73,6 +73,7 @@ from ..core.errors import (
 from ..core.gates import InputGate, OutputGate
 from ..core.ids import DurableObjectId
 from ..core.lifecycle import TRANSITIONS, Lifecycle, start_backoff
+from ..core.metrics import METRICS
 from ..core.protocols import Claim, ObjectStorage
 from ..core.storage import FencedError
 from .forwarding import Forwarding
@@ -182,7 +183,8 @@ class ObjectHost(Forwarding):
         return f"{self.class_name}({self.id})"
 
     def _move(self, action: str) -> None:
-        self.state = TRANSITIONS[(self.state, action)]
+        self.state = state = TRANSITIONS[(self.state, action)]
+        METRICS.lifecycle.inc(self.class_name, state.value)
 
     # -- delivery -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ..api.http import Request, Response
 from ..api.objects import DurableObject, Env, ExecutionContext, WorkerEntrypoint
 from ..core.clock import Clock, LoopClock
 from ..core.ids import DurableObjectId
+from ..core.metrics import called
 from ..core.protocols import Forwarder, Placement, Service, StorageProvider
 from .alarms import AlarmRunner
 from .host import ObjectHost
@@ -102,6 +103,7 @@ class Runtime:
         self.env = Env({**(vars or {}), **namespaces})
         self.alarms = AlarmRunner(self, self.clock, self.rng)
         self._started = False
+        self._closing = False
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -124,7 +126,9 @@ class Runtime:
         self, namespace: DurableObjectNamespace, id: DurableObjectId, event: object
     ) -> asyncio.Future[Any]:
         """Deliver ``event`` to the object (here, or forwarded to its owner); its result."""
-        return self.host(namespace, id).call(event)
+        host = self.host(namespace, id)
+        called(host.class_name, id.name or str(id))
+        return host.call(event)
 
     def host(self, namespace: DurableObjectNamespace, id: DurableObjectId) -> ObjectHost:
         key = (namespace.object_class.__name__, id)
@@ -203,6 +207,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Close every open WebSocket (1001, going away) and drop every object."""
+        self._closing = True
         self.alarms.close()
         self.drop_objects(1001, "server shutting down")
         if self.forwarder is not None:
@@ -217,6 +222,28 @@ class Runtime:
         for host in self.live_hosts():
             host.shutdown(code, reason)
         self._hosts.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Serving: started, and not closing."""
+        return self._started and not self._closing
+
+    def census(self) -> dict[str, dict[tuple[str, ...], int]]:
+        """What is live now (for /metrics): ``objects`` by class and lifecycle state,
+        ``sockets`` by class and kind (standard, hibernatable), ``open_storage``."""
+        objects: dict[tuple[str, ...], int] = {}
+        sockets: dict[tuple[str, ...], int] = {}
+        for host in self._hosts.values():
+            key = (host.class_name, host.state.value)
+            objects[key] = objects.get(key, 0) + 1
+            for kind, count in (
+                ("standard", len(host.sockets)),
+                ("hibernatable", len(host.hibernatable)),
+            ):
+                if count:
+                    key = (host.class_name, kind)
+                    sockets[key] = sockets.get(key, 0) + count
+        return {"objects": objects, "sockets": sockets, "open_storage": {(): self._open}}
 
     def statistics(self) -> dict[str, Any]:
         return {

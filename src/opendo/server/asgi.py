@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from ..api.http import Headers, Request, Response
 from ..runtime.runtime import Runtime
+from .admin import AdminListener, AdminOptions
 from .assets import Assets
 from .gateway import (
     ClientGone,
@@ -54,11 +55,17 @@ class App:
     """An ASGI application serving one opendo project."""
 
     def __init__(
-        self, runtime: Runtime, assets: Assets | None = None, limits: Limits | None = None
+        self,
+        runtime: Runtime,
+        assets: Assets | None = None,
+        limits: Limits | None = None,
+        admin: AdminOptions | None = None,
     ) -> None:
         self.runtime = runtime
         self.assets = assets
         self.gateway = Gateway(runtime, assets, limits)
+        # Started with the app (its lifespan), if asked for: see server.admin.
+        self.admin = None if admin is None else AdminListener(runtime, admin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -75,6 +82,8 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     self.gateway.start()
+                    if self.admin is not None:
+                        self.admin.start()
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -82,6 +91,8 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.runtime.aclose()
+                if self.admin is not None:
+                    await asyncio.to_thread(self.admin.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -37,11 +37,13 @@ import logging
 import math
 import re
 import resource
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..api.http import Headers, Request, Response
 from ..core.errors import DurableObjectError
+from ..core.metrics import METRICS, RequestRecord, current_request
 from .assets import Asset, Assets
 
 if TYPE_CHECKING:
@@ -61,6 +63,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("opendo")
+# A line per request answered: method, path, status, milliseconds, class and name of the
+# first object the Worker called (its fields also as the record's attributes, for JSON).
+access_log = logging.getLogger("opendo.access")
+_STATUS = {status: str(status) for status in range(100, 600)}
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _SMALL_FILE = 256 * 1024
@@ -328,7 +334,41 @@ class Gateway:
         return Incoming(url, path, True, key.strip())
 
     async def respond(self, incoming: Incoming, request: Request) -> Response:
-        """The answer to a checked request: an asset, or the Worker's (checked)."""
+        """The answer to a checked request: an asset, or the Worker's (checked); counted in
+        ``core.metrics`` and written to the access log."""
+        started = time.monotonic()
+        record = RequestRecord()
+        token = current_request.set(record)
+        try:
+            response = await self._respond(incoming, request)
+        finally:
+            current_request.reset(token)
+        seconds = time.monotonic() - started
+        status = response.status
+        METRICS.requests.inc(record.class_name, _STATUS.get(status) or str(status))
+        METRICS.request_seconds.observe(seconds, record.class_name)
+        if access_log.isEnabledFor(logging.INFO):
+            ms = round(seconds * 1000, 1)
+            access_log.info(
+                "%s %s %d %.1f ms %s %s",
+                request.method,
+                incoming.path,
+                status,
+                ms,
+                record.class_name or "-",
+                record.object or "-",
+                extra={
+                    "method": str(request.method),
+                    "path": incoming.path,
+                    "status": status,
+                    "ms": ms,
+                    "class": record.class_name or None,
+                    "object": record.object or None,
+                },
+            )
+        return response
+
+    async def _respond(self, incoming: Incoming, request: Request) -> Response:
         if self.assets is not None and not incoming.websocket and request.method in ("GET", "HEAD"):
             asset = self.assets.match(incoming.path, request.headers)
             if asset is not None:

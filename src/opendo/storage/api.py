@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ..core.codec import decode
 from ..core.context import current_event
 from ..core.errors import StorageError
+from ..core.metrics import METRICS
 from ..core.storage import ObjectDatabase, PointInTime
 from .batches import Batches
 from .calls import DONE, Queued, Settled, gone, settled
@@ -77,6 +78,7 @@ class Storage:
         "_db",
         "_batches",
         "_host",
+        "_class",
         "_txn_owner",
         "_queued",
         "_cache",
@@ -88,6 +90,7 @@ class Storage:
 
     def __init__(self, host: StorageOwner, db: ObjectDatabase) -> None:
         self._host = host
+        self._class = host.class_name
         self._db: ObjectDatabase | None = db
         self._txn_owner: object | None = None  # the event inside transaction()
         self._queued: deque[Queued] = deque()  # calls waiting for that transaction to end
@@ -101,6 +104,7 @@ class Storage:
         self.kv = SyncKV(self)
 
     def _database(self, method: str) -> ObjectDatabase:
+        METRICS.storage_operations.inc(self._class, method)
         db = self._db
         if db is None:
             raise gone(method)
@@ -549,8 +553,11 @@ class Storage:
             db.kv_put(items)
         except StorageError as exc:
             raise self._write_failed(db, exc, method) from exc
+        written = 0
         for raw, data in items:
             self._remember(raw, data)
+            written += len(data)
+        METRICS.storage_written_bytes.inc(self._class, amount=written)
 
     def _remember(self, raw: bytes, data: bytes | None) -> None:
         cache = self._cache

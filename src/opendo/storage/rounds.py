@@ -25,10 +25,13 @@ import ctypes
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+
+from ..core.metrics import METRICS
 
 LANES = 2  # sync rounds in flight at once
 SHARED_BARRIER_FROM = 4  # databases in a round from which one syncfs() replaces their fsyncs
@@ -65,16 +68,20 @@ class Rounds:
         batch, self.waiting = self.waiting, []
         targets = [db.commits for db in batch]
         self.running += 1
+        started = time.monotonic()
         future = self.loop.run_in_executor(sync_threads(), flush_all, batch)
-        future.add_done_callback(lambda f: self._finished(f, batch, targets))
+        future.add_done_callback(lambda f: self._finished(f, batch, targets, started))
 
     def _finished(
         self,
         future: asyncio.Future[list[BaseException | None]],
         batch: list[Syncable],
         targets: list[int],
+        started: float,
     ) -> None:
         self.running -= 1
+        METRICS.flush_seconds.observe(time.monotonic() - started, "sqlite")
+        METRICS.flushed_objects.inc("sqlite", amount=len(batch))
         if future.cancelled():
             errors: list[BaseException | None] = [asyncio.CancelledError()] * len(batch)
         elif (failure := future.exception()) is not None:
