@@ -13,8 +13,11 @@ gateway has accepted a handshake (``_httpserver``), the socket is handed to this
   the writes of a turn, and the sends the output gate holds for them, stream rather than pile
   up);
 - a message the object sends is framed (once per message, for all the sockets it goes to)
-  and written to the socket at once; a client that does not read what it is sent is dropped
-  once ``max_buffered_bytes`` are waiting for it.
+  and kept with the connection's other frames of this turn of the event loop; at the end of
+  the turn each connection writes what it has in one ``write`` (``_Writes``), so a
+  broadcast of many messages costs a system call per socket, not one per message and
+  socket. A client that does not read what it is sent is dropped once
+  ``max_buffered_bytes`` are waiting for it.
 
 What a connection holds while idle: this protocol object (slots), the transport, and the two
 ends of its ``WebSocketPair``.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 from ..api.websocket import WebSocket
@@ -61,6 +65,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_closed",
         "_close_timer",
         "_resuming",
+        "_pending",
     )
 
     def __init__(self, limits: Limits, connections: set[Any], client: WebSocket) -> None:
@@ -73,6 +78,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._closed = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._resuming = False
+        self._pending: list[bytes] | None = None  # frames of this turn, not yet written
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -156,6 +162,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._close_sent = True
             self._write(close_frame(code, reason))
         self._closed_by_network(code, reason, clean=False)
+        self.flush()
         transport = self._transport
         if transport is None or transport.is_closing() or not transport.can_write_eof():
             self._close_transport()
@@ -191,14 +198,69 @@ class WebSocketConnection(asyncio.Protocol):
         self._close_timer = loop.call_later(self._limits.close_timeout, self._close_transport)
 
     def _write(self, frame: bytes) -> None:
+        pending = self._pending
+        if pending is not None:
+            pending.append(frame)
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(frame)
+        self._pending = [frame]
+        _writes().add(self)
+
+    def flush(self) -> None:
+        """Write the frames of this turn (``_Writes`` calls it at the turn's end; so does
+        whatever ends the connection, first)."""
+        frames, self._pending = self._pending, None
+        if not frames:
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > self._limits.max_buffered_bytes:
             log.warning("dropping a WebSocket client that does not read what it is sent")
             transport.abort()
 
     def _close_transport(self) -> None:
+        self.flush()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+
+class _Writes:
+    """The connections of one event loop with frames to write this turn: one callback at
+    the end of the turn writes them all."""
+
+    __slots__ = ("loop", "dirty")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[WebSocketConnection] = []
+
+    def add(self, connection: WebSocketConnection) -> None:
+        if not self.dirty:
+            self.loop.call_soon(self._flush)
+        self.dirty.append(connection)
+
+    def _flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for connection in dirty:
+            connection.flush()
+
+
+_all_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = (
+    weakref.WeakKeyDictionary()
+)
+_last: list[_Writes] = []  # the last one looked up (one loop per process, as a rule)
+
+
+def _writes() -> _Writes:
+    loop = asyncio.get_running_loop()
+    if _last and _last[0].loop is loop:
+        return _last[0]
+    writes = _all_writes.get(loop)
+    if writes is None:
+        writes = _all_writes[loop] = _Writes(loop)
+    _last[:] = [writes]
+    return writes
