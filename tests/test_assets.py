@@ -535,5 +535,7 @@ def test_serve_refuses_a_persist_directory_inside_the_assets(tmp_path: Path) -> 
 
     assert code == 2
     assert "Traceback" not in stderr
-    assert stderr.startswith(f"opendo: {(root / 'opendo.toml').resolve()}: assets.directory: ")
-    assert "object databases would be served" in stderr
+    # (after the notice that serve reads no .dev.vars: the project has one)
+    refusal = stderr.splitlines()[-1]
+    assert refusal.startswith(f"opendo: {(root / 'opendo.toml').resolve()}: assets.directory: ")
+    assert "object databases would be served" in refusal

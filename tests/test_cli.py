@@ -171,6 +171,61 @@ def test_dev_port_0_from_the_config_picks_a_free_port(tmp_path: Path) -> None:
         assert port != 8787
 
 
+def test_serve_does_not_take_its_address_from_the_dev_section(tmp_path: Path) -> None:
+    dev_port = free_port()
+    project = write_project(tmp_path / "project", extra=f"\n[dev]\nport = {dev_port}\n")
+    with run_opendo("serve", project, "--port", "0", "--persist-to", tmp_path / "s") as process:
+        assert process.wait_ready() != dev_port
+
+
+SECRET_WORKER = """
+from opendo import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(str(getattr(self.env, "API_KEY", None)))
+"""
+
+
+def secret_project(root: Path, required: bool) -> Path:
+    root.mkdir(parents=True)
+    toml = 'name = "s"\nmain = "worker.py"\n'
+    if required:
+        toml += '[secrets]\nrequired = ["API_KEY"]\n'
+    (root / "opendo.toml").write_text(toml)
+    (root / "worker.py").write_text(SECRET_WORKER)
+    (root / ".dev.vars").write_text("API_KEY=from-dev-vars\n")
+    return root
+
+
+def test_serve_takes_the_required_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = secret_project(tmp_path / "project", required=True)
+    monkeypatch.delenv("API_KEY", raising=False)
+    code, _, stderr = run_to_exit("serve", project, "--port", "0")
+    assert code == 2
+    assert "secrets.required: API_KEY is not set in the environment" in stderr, stderr
+    assert "Traceback" not in stderr
+    monkeypatch.setenv("API_KEY", "from-environment")
+    with run_opendo("serve", project, "--port", "0", "--persist-to", tmp_path / "s") as process:
+        assert get(process.wait_ready()) == (200, "from-environment")
+    with run_opendo("dev", project, "--no-reload", "--port", "0") as process:
+        assert get(process.wait_ready()) == (200, "from-dev-vars")  # dev: the file first
+
+
+def test_serve_says_that_it_reads_no_dev_vars(tmp_path: Path) -> None:
+    project = secret_project(tmp_path / "project", required=False)
+    with run_opendo("serve", project, "--port", "0", "--persist-to", tmp_path / "s") as process:
+        assert get(process.wait_ready()) == (200, "None")
+        deadline = time.monotonic() + START_DEADLINE
+        while "does not read .dev.vars" not in (
+            line := process.next_line("stderr", deadline) or ""
+        ):
+            assert line, process.stderr_text()
+        assert "[secrets] required" in line
+
+
 # -- reloading ---------------------------------------------------------------------------------
 
 

@@ -362,6 +362,68 @@ def test_secrets_reach_the_workers_env(tmp_path: Path) -> None:
     assert runtime.env.PUBLIC == "p"
 
 
+REQUIRED = MINIMAL + '[secrets]\nrequired = ["API_KEY", "DB_PASSWORD"]\n'
+
+
+def test_required_secrets_in_development_come_from_dev_vars_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_project(
+        tmp_path, REQUIRED, files={".dev.vars": "API_KEY=from-file\nEXTRA=left-out\n"}
+    )
+    monkeypatch.delenv("DB_PASSWORD", raising=False)
+    config = load_config(root)
+    assert config.required_secrets == ("API_KEY", "DB_PASSWORD")
+    assert config.secrets == {"API_KEY": "from-file"}  # only the names it lists
+    assert config.missing_secrets == ("DB_PASSWORD",)
+    monkeypatch.setenv("DB_PASSWORD", "from-env")
+    monkeypatch.setenv("API_KEY", "the file wins")
+    config = load_config(root)
+    assert config.secrets == {"API_KEY": "from-file", "DB_PASSWORD": "from-env"}
+    assert config.missing_secrets == ()
+
+
+def test_in_production_secrets_come_from_the_environment_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_project(
+        tmp_path, REQUIRED, files={".dev.vars": "API_KEY=from-file\nDB_PASSWORD=x\n"}
+    )
+    monkeypatch.setenv("API_KEY", "k")
+    monkeypatch.delenv("DB_PASSWORD", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(root, secrets_from="environ")
+    assert str(info.value) == (
+        f"{root / 'opendo.toml'}: secrets.required: DB_PASSWORD is not set in the environment "
+        "(opendo serve takes secrets from the environment; .dev.vars is for opendo dev)"
+    )
+    monkeypatch.setenv("DB_PASSWORD", "p")
+    config = load_config(root, secrets_from="environ")
+    assert config.secrets == {"API_KEY": "k", "DB_PASSWORD": "p"}  # .dev.vars is not read
+    plain = write_project(tmp_path / "plain", MINIMAL, files={".dev.vars": "API_KEY=x\n"})
+    assert load_config(plain, secrets_from="environ").secrets == {}
+
+
+@pytest.mark.parametrize(
+    "table", ['required = "API_KEY"', 'required = ["API-KEY"]', 'names = ["A"]']
+)
+def test_a_bad_secrets_table_says_what_is_expected(tmp_path: Path, table: str) -> None:
+    message = config_error(write_project(tmp_path, MINIMAL + f"[secrets]\n{table}\n"))
+    assert "secrets" in message and ("expected" in message or "names" in message), message
+
+
+def test_wranglers_secrets_required_is_read(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "worker.py").write_text(WORKER, encoding="utf-8")
+    (tmp_path / "wrangler.jsonc").write_text(
+        '{"name": "w", "main": "worker.py", "secrets": {"required": ["API_KEY"]},}\n'
+    )
+    (tmp_path / ".dev.vars").write_text("API_KEY=k\n")
+    config = load_config(tmp_path)
+    assert config.required_secrets == ("API_KEY",) and config.secrets == {"API_KEY": "k"}
+    assert "secrets" not in config.ignored
+
+
 @pytest.mark.parametrize("line", ["JUST_A_KEY", "=value", "1ABC=x", "MY-KEY=x", "A B=c"])
 def test_malformed_dev_vars_line(tmp_path: Path, line: str) -> None:
     root = write_project(tmp_path, MINIMAL, files={".dev.vars": f"GOOD=1\n# comment\n{line}\n"})
@@ -1060,3 +1122,15 @@ def test_the_node_secret_comes_from_dev_vars_and_never_reaches_the_worker(
         ConfigError, match="needs the nodes' shared secret in OPENDO_CLUSTER_SECRET"
     ):
         cluster_secret(load_config(root))
+
+
+def test_the_readmes_configuration_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration: `opendo.toml`", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    root = write_project(tmp_path, example, files={"public/index.html": "hi"})
+    config = load_config(root)
+    assert config.vars == {"GREETING": "hello"}
+    assert config.required_secrets == ("API_KEY",)
+    assert [b.class_name for b in config.bindings] == ["Chat"]
+    assert load_config(root, "prod").vars == {"GREETING": "hi"}

@@ -72,12 +72,15 @@ def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
 
 
 @pytest.fixture
-def probe(tmp_path: Path) -> Path:
-    """A copy of tests/projects/probe whose /hold requests mark themselves in tmp_path/marks."""
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of tests/projects/probe whose /hold requests mark themselves in tmp_path/marks
+    (the secret MARKS, from the environment: opendo serve's)."""
     project = tmp_path / "probe"
     shutil.copytree(PROBE, project, ignore=shutil.ignore_patterns("__pycache__", ".opendo"))
     (tmp_path / "marks").mkdir()
-    (project / ".dev.vars").write_text(f"MARKS={tmp_path / 'marks'}\n")
+    with (project / "opendo.toml").open("a") as f:
+        f.write('\n[secrets]\nrequired = ["MARKS"]\n')
+    monkeypatch.setenv("MARKS", str(tmp_path / "marks"))
     return project
 
 

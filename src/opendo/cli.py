@@ -54,8 +54,25 @@ def _run(
     except ValueError as exc:
         click.echo(f"opendo: {exc}", err=True)
         sys.exit(2)
+    production = operations is not None and operations.get("production", False)
+    secrets_from = "environ" if production else "dev"
     try:
-        config = load_config(project, env)
+        config = load_config(project, env, secrets_from)
+        if config.missing_secrets:
+            click.echo(
+                f"opendo: {config.path.name}: secrets.required: "
+                f"{', '.join(config.missing_secrets)} not in .dev.vars nor in the environment; "
+                "the Worker's env will not have "
+                + ("it" if len(config.missing_secrets) == 1 else "them"),
+                err=True,
+            )
+        if production and not config.required_secrets and _dev_vars(config.root):
+            click.echo(
+                f"opendo: opendo serve does not read {_dev_vars(config.root)} (it is for "
+                "opendo dev): list the secrets the Worker needs under [secrets] required and "
+                "set them in the environment",
+                err=True,
+            )
         if config.ignored:
             click.echo(
                 f"opendo: {config.path.name}: keys opendo has no use for, ignored: "
@@ -72,12 +89,12 @@ def _run(
         else:
             cluster_secret(config)  # there, or refused now
             pending(config.migrations, cluster_driver(options).read_migrations())
+        # [dev] is opendo dev's; opendo serve listens where its options say.
+        dev_ip, dev_port = (None, None) if production else (config.dev_ip, config.dev_port)
         serve(
             config.root,
-            host=ip or config.dev_ip or "127.0.0.1",
-            port=port
-            if port is not None
-            else (8787 if config.dev_port is None else config.dev_port),
+            host=ip or dev_ip or "127.0.0.1",
+            port=port if port is not None else (8787 if dev_port is None else dev_port),
             env=env,
             persist_to=persist,
             reload=reload,
@@ -88,6 +105,7 @@ def _run(
             admin=admin,
             log_format=ops.get("log_format") or "text",
             access_log=ops.get("access_log", True),
+            secrets_from=secrets_from,
         )
     except (ConfigError, MigrationError, StorageError) as exc:
         click.echo(f"opendo: {exc}", err=True)
@@ -146,6 +164,12 @@ _options = [
 ]
 
 _OPERATIONS = ("log_format", "access_log", "admin_port", "admin_ip")
+
+
+def _dev_vars(root: Path) -> str | None:
+    """The name of a .dev.vars file in ``root``, if there is one."""
+    found = sorted(p.name for p in root.glob(".dev.vars*") if p.is_file())
+    return found[0] if found else None
 
 
 for _field in dataclasses.fields(Limits):
@@ -269,6 +293,7 @@ def serve(
     """Run PROJECT in production (no reloading)."""
     cluster = {"url": cluster_url, "advertise": advertise, "lease_seconds": lease_seconds}
     ops = {name: limits.pop(name) for name in _OPERATIONS}
+    ops["production"] = True
     _run(
         project,
         port,

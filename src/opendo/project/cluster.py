@@ -105,12 +105,14 @@ def cluster_options(
 
 
 def cluster_secret(config: Config) -> bytes:
-    """The node secret: ``OPENDO_CLUSTER_SECRET`` from the environment or ``.dev.vars``."""
+    """The node secret: ``OPENDO_CLUSTER_SECRET`` from the environment (or, in development,
+    ``.dev.vars``)."""
     secret = os.environ.get(CLUSTER_SECRET) or config.secrets.get(CLUSTER_SECRET)
     if not secret:
         raise ConfigError(
             f"cluster mode needs the nodes' shared secret in {CLUSTER_SECRET} (in the "
-            "environment, or in .dev.vars beside opendo.toml); make one with: python -c "
+            "environment, or for opendo dev in .dev.vars beside opendo.toml); make one with: "
+            "python -c "
             "'import secrets; print(secrets.token_hex(32))'"
         )
     data = secret.encode()

@@ -33,10 +33,20 @@
     [env.prod]                         # `--env prod`: these keys replace the top-level ones
     vars = { GREETING = "hi" }
 
-Secrets come from ``.dev.vars`` (``KEY=value`` lines) beside the file, or ``.dev.vars.<env>``
-when an environment is selected — never from the TOML (the cluster's node secret neither:
-``OPENDO_CLUSTER_SECRET``, in the environment or ``.dev.vars``). Every mistake is reported as a
-``ConfigError`` that names the file, the key and what was expected.
+Secrets never come from the TOML, which only names them (``[secrets] required = ["API_KEY"]``,
+Wrangler's ``secrets.required``). Where their values come from depends on what runs
+(``secrets_from``):
+
+- ``"dev"`` (``opendo dev``, ``create_app``, the pytest plugin): ``.dev.vars`` (``KEY=value``
+  lines) beside the file, or ``.dev.vars.<env>`` when an environment is selected. With
+  ``secrets.required``, only those names, from that file or else the process environment, as
+  ``wrangler dev`` does; one that is in neither is left out and named in ``missing_secrets``.
+- ``"environ"`` (``opendo serve``): the process environment, for the names in
+  ``secrets.required``; one that is not set is an error. ``.dev.vars`` is not read.
+
+The cluster's node secret, ``OPENDO_CLUSTER_SECRET``, comes from the environment, or in
+development from ``.dev.vars``. Every mistake is reported as a ``ConfigError`` that names the
+file, the key and what was expected.
 
 The assets directory is served to anyone, so it must hold nothing else: one that contains
 the project file, the Worker module or opendo's own ``.opendo`` directory (the default
@@ -47,6 +57,7 @@ is known — a persist directory that overlaps it.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +86,7 @@ _TOP_KEYS = {
     "name",
     "main",
     "vars",
+    "secrets",
     "durable_objects",
     "migrations",
     "assets",
@@ -119,6 +131,8 @@ class Config:
     entrypoint: str | None
     vars: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
+    required_secrets: tuple[str, ...] = ()  # [secrets] required
+    missing_secrets: tuple[str, ...] = ()  # of those, the ones with no value (dev only)
     bindings: tuple[Binding, ...] = ()
     migrations: tuple[Migration, ...] = ()
     assets: AssetsConfig | None = None
@@ -205,8 +219,13 @@ def find_config(location: str | Path) -> Path:
     return path.resolve()
 
 
-def load_config(location: str | Path = ".", env: str | None = None) -> Config:
-    """Read ``opendo.toml`` from a directory (or the file itself), for environment ``env``."""
+def load_config(
+    location: str | Path = ".", env: str | None = None, secrets_from: str = "dev"
+) -> Config:
+    """Read ``opendo.toml`` from a directory (or the file itself), for environment ``env``;
+    secrets from ``.dev.vars`` (``secrets_from="dev"``) or the environment (``"environ"``)."""
+    if secrets_from not in ("dev", "environ"):
+        raise ValueError(f"secrets_from is 'dev' or 'environ', not {secrets_from!r}")
     path = find_config(location)
     check = _Checker(path)
     try:
@@ -367,6 +386,8 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         check.string(ip, "dev.ip", "an IP address")
 
     cluster = _cluster(check, check.table(data.get("cluster", {}), "cluster"))
+    required = _required_secrets(check, data.get("secrets"))
+    secrets, missing = _secrets(path, env, required, secrets_from)
 
     return Config(
         path=path,
@@ -374,7 +395,9 @@ def load_config(location: str | Path = ".", env: str | None = None) -> Config:
         main=main,
         entrypoint=entrypoint or None,
         vars=dict(vars_),
-        secrets=_read_dev_vars(path.parent, env),
+        secrets=secrets,
+        required_secrets=required,
+        missing_secrets=missing,
         bindings=tuple(bindings),
         migrations=tuple(migrations),
         assets=assets,
@@ -487,6 +510,49 @@ def _seconds(check: _Checker, table: dict[str, Any], key: str, default: float) -
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
         raise check.fail(f"runtime.{key}", f"expected seconds > 0, got {_kind(value)}")
     return float(value)
+
+
+def _required_secrets(check: _Checker, table: Any) -> tuple[str, ...]:
+    if table is None:
+        return ()
+    check.keys(check.table(table, "secrets"), {"required"}, "secrets")
+    names = table.get("required", [])
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and n.isidentifier() for n in names
+    ):
+        raise check.fail(
+            "secrets.required", f"expected a list of names (identifiers), got {_kind(names)}"
+        )
+    return tuple(names)
+
+
+def _secrets(
+    path: Path, env: str | None, required: tuple[str, ...], secrets_from: str
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The secrets' values, and the required ones that have none (see the module's
+    docstring)."""
+    if secrets_from == "environ":
+        missing = tuple(name for name in required if name not in os.environ)
+        if missing:
+            raise ConfigError(
+                f"{path}: secrets.required: {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set in the environment "
+                "(opendo serve takes secrets from the environment; .dev.vars is for opendo dev)"
+            )
+        found = {name: os.environ[name] for name in required}
+        if CLUSTER_SECRET in os.environ:
+            found[CLUSTER_SECRET] = os.environ[CLUSTER_SECRET]
+        return found, ()
+    values = _read_dev_vars(path.parent, env)
+    if not required:
+        return values, ()
+    found = {}
+    for name in (*required, CLUSTER_SECRET):
+        if name in values:
+            found[name] = values[name]
+        elif name in os.environ:
+            found[name] = os.environ[name]
+    return found, tuple(name for name in required if name not in found)
 
 
 def _read_dev_vars(root: Path, env: str | None) -> dict[str, str]:

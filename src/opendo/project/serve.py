@@ -51,6 +51,7 @@ _ENV_LOG_LEVEL = "OPENDO_LOG_LEVEL"
 _ENV_LIMITS = "OPENDO_LIMITS"
 _ENV_CLUSTER = "OPENDO_CLUSTER"
 _ENV_ADMIN = "OPENDO_ADMIN"
+_ENV_SECRETS_FROM = "OPENDO_SECRETS_FROM"
 _ENV_LOG_FORMAT = "OPENDO_LOG_FORMAT"
 _ENV_ACCESS_LOG = "OPENDO_ACCESS_LOG"
 
@@ -65,11 +66,13 @@ def create_app(
     limits: Limits | None = None,
     cluster: ClusterOptions | None = None,
     admin: AdminOptions | None = None,
+    secrets_from: str = "dev",
 ) -> App:
     """The ASGI application of the project in ``project`` (a directory or its opendo.toml):
     embedded, or a node of a cluster (``cluster``, or ``[cluster]`` in opendo.toml). With
     ``admin``, the app also serves the admin listener (``/metrics``, ``/healthz``,
-    ``/readyz``) while it runs.
+    ``/readyz``) while it runs. Secrets come from ``.dev.vars`` (``secrets_from="dev"``) or
+    from the environment (``"environ"``: the names ``[secrets] required`` lists).
 
     ::
 
@@ -77,7 +80,7 @@ def create_app(
         from opendo import create_app
         app = create_app("path/to/project")
     """
-    config = load_config(project, env)
+    config = load_config(project, env, secrets_from)
     persist = Path(persist_to) if persist_to is not None else config.root / ".opendo" / "state"
     check_persist_dir(config, persist)
     options = cluster if cluster is not None else cluster_options(config)
@@ -137,6 +140,7 @@ def _app_from_environ() -> App:
             limits=_limits_from_environ(),
             cluster=_cluster_from_environ(),
             admin=_admin_from_environ(),
+            secrets_from=os.environ.get(_ENV_SECRETS_FROM) or "dev",
         )
     except (ConfigError, MigrationError) as exc:
         print(f"opendo: {exc}", file=sys.stderr, flush=True)
@@ -254,6 +258,7 @@ def serve(
     admin: AdminOptions | None = None,
     log_format: str = "text",
     access_log: bool = True,
+    secrets_from: str = "dev",
 ) -> None:
     """Run the project's server in the foreground until SIGINT or SIGTERM: one process, or
     ``workers`` processes on one socket (objects live in the one that holds their lock, and
@@ -268,7 +273,8 @@ def serve(
     os.environ[_ENV_ADMIN] = json.dumps(None if admin is None else admin.to_json())
     os.environ[_ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
     os.environ[_ENV_CLUSTER] = json.dumps(None if cluster is None else cluster.to_json())
-    config = load_config(project, env)  # fail early, with a clear message
+    os.environ[_ENV_SECRETS_FROM] = secrets_from
+    config = load_config(project, env, secrets_from)  # fail early, with a clear message
     os.environ[_ENV_PROJECT] = str(config.path)
     os.environ[_ENV_ENV] = env or ""
     os.environ[_ENV_PERSIST] = str(persist_to)

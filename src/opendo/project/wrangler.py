@@ -5,9 +5,9 @@ Wrangler's order (``wrangler.json``, ``wrangler.jsonc``, ``wrangler.toml``). JSO
 comments (``//``, ``/* */``) and trailing commas, as Wrangler allows. Its keys fall in three
 kinds:
 
-- the keys opendo reads (``name``, ``main``, ``vars``, ``durable_objects``, ``migrations``,
-  ``assets``, ``env``, and opendo's own ``runtime``, ``dev``, ``cluster``), checked as in
-  ``opendo.toml``;
+- the keys opendo reads (``name``, ``main``, ``vars``, ``secrets``, ``durable_objects``,
+  ``migrations``, ``assets``, ``env``, and opendo's own ``runtime``, ``dev``, ``cluster``),
+  checked as in ``opendo.toml``;
 - keys that ask for something opendo does not provide (a KV namespace, an R2 bucket, a cron
   trigger, …): errors that name the key, since the Worker would fail without it;
 - everything else (``$schema``, ``compatibility_date``, ``observability``, ``workers_dev``,
@@ -32,7 +32,7 @@ __all__ = ["FILE_NAMES", "find_wrangler", "parse_jsonc", "translate"]
 FILE_NAMES = ("wrangler.json", "wrangler.jsonc", "wrangler.toml")
 
 OPENDO_KEYS = {
-    "name", "main", "vars", "durable_objects", "migrations", "assets", "env",
+    "name", "main", "vars", "secrets", "durable_objects", "migrations", "assets", "env",
     "runtime", "dev", "cluster",
 }  # fmt: skip
 # Bindings and features the Worker would use, which opendo does not provide.
