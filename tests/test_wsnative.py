@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.utils import apply_mask
 
-from opendo import App, create_app
+from opendo import App, WebSocketPair, create_app
 from opendo.server.codec import text_frame
 from opendo.server.gateway import Limits
 from opendo.server.http import HttpProtocol
@@ -788,3 +788,44 @@ async def test_a_valid_text_split_across_fragments_inside_a_character(app: App) 
             raw.send(data[i : i + 1])
             await asyncio.sleep(0)
         await raw.expect_message(OP_TEXT, text)
+
+
+class RecordingTransport(asyncio.Transport):
+    """The transport boundary: what a connection writes, one entry per ``write`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_the_frames_of_one_turn_go_out_in_one_write_in_order() -> None:
+    client, server = WebSocketPair()
+    server.accept()
+    connection = WebSocketConnection(Limits(), set(), client)
+    transport = RecordingTransport()
+    connection.connection_made(transport)
+    for text in ("one", "two", "three"):
+        server.send(text)  # a broadcast loop: many sends in one turn of the event loop
+    assert transport.writes == []
+    await asyncio.sleep(0)  # the turn ends
+    assert transport.writes == [text_frame("one") + text_frame("two") + text_frame("three")]
+    server.send("four")
+    server.close(1000, "bye")  # the close frame follows what was sent before it
+    connection.shutdown()  # and ending the connection writes what is pending first
+    assert transport.closed
+    assert len(transport.writes) == 2
+    assert transport.writes[1].startswith(text_frame("four"))
+    assert transport.writes[1][len(text_frame("four")) :][:2] == b"\x88\x05"  # close, 5 bytes
