@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -172,7 +173,7 @@ def test_health_readiness_and_what_else_the_admin_listener_answers(
         assert (ready.status_code, ready.text) == (200, "ready\n")
         other = client.get("/counter/apples")
         assert other.status_code == 404
-        assert "/metrics, /healthz and /readyz" in other.text
+        assert "/metrics, /healthz, /readyz and /logs" in other.text
         assert client.post("/metrics").status_code == 405
 
 
@@ -292,3 +293,71 @@ def test_healthz_says_when_the_event_loop_does_not_answer(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(STOP_DEADLINE)
         loop.close()
+
+
+def tail_lines(process: OpendoProcess, count: int) -> list[str]:
+    """The next ``count`` lines ``opendo tail`` prints."""
+    deadline = time.monotonic() + WITHIN
+    lines: list[str] = []
+    while len(lines) < count:
+        line = process.next_line("stdout", deadline)
+        assert line is not None, f"opendo tail ended; stderr: {process.stderr_text()}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+def wait_tailing(process: OpendoProcess) -> None:
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        line = process.next_line("stderr", deadline)
+        assert line is not None, f"opendo tail ended; stderr: {process.stderr_text()}"
+        if line.startswith("opendo tail: reading http://"):
+            return
+
+
+def test_tail_follows_the_log_with_the_servers_filters(
+    counter: tuple[OpendoProcess, int, int],
+) -> None:
+    _, port, admin_port = counter
+    with (
+        run_opendo("tail", str(admin_port), "--status", "4xx") as errors,
+        run_opendo("tail", f"127.0.0.1:{admin_port}", "--class", "Counter", "--json") as counters,
+    ):
+        wait_tailing(errors)
+        wait_tailing(counters)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WITHIN) as client:
+            assert client.get("/counter/kiwi").text == "1"
+            assert client.get("/nowhere").status_code == 404
+            assert client.get("/counter/kiwi").text == "2"
+        [missing] = tail_lines(errors, 1)
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00 INFO opendo\.access: GET /nowhere 404 [\d.]+ ms - -",
+            missing,
+        ), missing
+        entries = [json.loads(line) for line in tail_lines(counters, 2)]
+        assert [(e["path"], e["status"], e["object"]) for e in entries] == [
+            ("/counter/kiwi", 200, "kiwi")
+        ] * 2
+
+
+def test_tail_says_what_is_wrong(tmp_path: Path) -> None:
+    with run_opendo("tail", "not-an-address") as process:
+        assert process.proc.wait(STOP_DEADLINE) == 2
+        assert "is not an admin listener's address" in process.drain_stderr()
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with run_opendo("tail", str(port)) as process:
+            assert process.proc.wait(START_DEADLINE) == 1
+            assert "is the server running with --admin-port?" in process.drain_stderr()
+
+
+def test_logs_refuses_a_filter_it_does_not_know(counter: tuple[OpendoProcess, int, int]) -> None:
+    _, _, admin_port = counter
+    answer = httpx.get(f"http://127.0.0.1:{admin_port}/logs?colour=red", timeout=WITHIN)
+    assert (answer.status_code, answer.text) == (
+        400,
+        "/logs takes class, object and status, not colour\n",
+    )
+    answer = httpx.get(f"http://127.0.0.1:{admin_port}/logs?status=6xx", timeout=WITHIN)
+    assert answer.status_code == 400 and "a class of them (5xx)" in answer.text

@@ -309,6 +309,36 @@ def serve(
     )
 
 
+@main.command()
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@click.option("--class", "class_name", default=None, help="Only requests this class answered.")
+@click.option("--object", "object_name", default=None, help="Only requests of this object.")
+@click.option("--status", default=None, help="Only requests with this status: 404, or 5xx.")
+@click.option("--json", "as_json", is_flag=True, help="The lines as JSON, as the server sends.")
+def tail(
+    addresses: tuple[str, ...],
+    class_name: str | None,
+    object_name: str | None,
+    status: str | None,
+    as_json: bool,
+) -> None:
+    """Follow the log of running servers: ADDRESS is an admin listener (PORT, HOST:PORT) of
+    `opendo serve --admin-port`, one per worker. With a filter, only access log lines."""
+    from .server.tail import logs_url
+    from .server.tail import tail as follow
+
+    filters = {"class": class_name, "object": object_name, "status": status}
+    try:
+        urls = [logs_url(address, filters) for address in addresses]
+    except ValueError as exc:
+        click.echo(f"opendo tail: {exc}", err=True)
+        sys.exit(2)
+    try:
+        sys.exit(follow(urls, as_json=as_json))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
 # -- opendo objects ---------------------------------------------------------------------------
 
 

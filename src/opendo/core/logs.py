@@ -117,6 +117,10 @@ class JsonFormatter(logging.Formatter):
     ``exception``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.entry(record), ensure_ascii=False, default=str)
+
+    def entry(self, record: logging.LogRecord) -> dict[str, object]:
+        """The record as the dictionary ``format`` writes."""
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -129,4 +133,4 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = fields[name]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return entry

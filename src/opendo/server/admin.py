@@ -1,4 +1,5 @@
-"""The admin listener: ``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own.
+"""The admin listener: ``/metrics``, ``/healthz``, ``/readyz`` and ``/logs``, on a port of
+their own.
 
 Operations never share the project's port, so no path of the user's app is taken
 (``opendo serve --admin-port PORT``; off unless asked for; 127.0.0.1 unless ``--admin-ip``).
@@ -12,6 +13,12 @@ that what it says is consistent and a stuck loop shows:
   open storage), and the process's CPU, memory and file descriptors.
 - ``/healthz``: 200 ``ok`` when the event loop answers within ``ANSWER_WITHIN``, else 503.
 - ``/readyz``: 200 ``ready`` once the runtime serves, 503 while it starts or shuts down.
+- ``/logs``: the server's log from now on, one JSON object per line (``core.logs``'
+  ``JsonFormatter``), as long as the client reads (``opendo tail``). ``?class=``,
+  ``?object=``, ``?status=`` (``404``, or ``5xx``) keep only the access log lines that match;
+  an empty line every ``HEARTBEAT`` seconds shows the stream is alive. A client that reads
+  too slowly loses lines (``TAIL_BUFFER`` wait for each), told so in the stream; the log
+  handler is attached only while someone tails.
 
 Under ``--workers N`` each worker serves its own, on the first free port of
 ``PORT``..``PORT+N-1`` (port 0: each a free one); each logs where.
@@ -21,9 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
+import queue
+import re
 import socketserver
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +49,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from ..core.logs import JsonFormatter
 from ..core.metrics import METRICS, Counter, Histogram
 
 if TYPE_CHECKING:
@@ -48,6 +60,8 @@ __all__ = ["ANSWER_WITHIN", "AdminListener", "AdminOptions"]
 log = logging.getLogger("opendo")
 
 ANSWER_WITHIN = 5.0  # seconds the event loop has to answer a scrape or a health check
+HEARTBEAT = 5.0  # seconds between the empty lines of a quiet /logs stream
+TAIL_BUFFER = 10_000  # log lines kept for a /logs client that has not read them yet
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,7 @@ class AdminListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self.tail = _Tail()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -113,9 +128,10 @@ class AdminListener:
         self._thread.start()
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
-        log.info("Admin on http://%s:%d (/metrics, /healthz, /readyz)", shown, port)
+        log.info("Admin on http://%s:%d (/metrics, /healthz, /readyz, /logs)", shown, port)
 
     def close(self) -> None:
+        self.tail.close()
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()  # waits for serve_forever to return (at most its 0.5 s poll)
@@ -160,9 +176,19 @@ class AdminListener:
                 if self.on_loop(lambda: self.runtime.ready):
                     return _answer(start_response, "200 OK", b"ready\n")
                 return _answer(start_response, "503 Service Unavailable", b"not ready\n")
+            if path == "/logs":
+                try:
+                    wanted = _Filter.parse(environ.get("QUERY_STRING", ""))
+                except ValueError as exc:
+                    return _answer(start_response, "400 Bad Request", f"{exc}\n".encode())
+                start_response(
+                    "200 OK",
+                    [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")],
+                )
+                return self.tail.stream(wanted)
         except TimeoutError as exc:
             return _answer(start_response, "503 Service Unavailable", f"{exc}\n".encode())
-        known = b"/metrics, /healthz and /readyz"
+        known = b"/metrics, /healthz, /readyz and /logs"
         return _answer(start_response, "404 Not Found", b"not found: this listener has " + known)
 
 
@@ -225,3 +251,113 @@ def _family(metric: Counter | Histogram) -> Metric:
             list(label_values), list(metric.cumulative(label_values)), sum_value=series[-1]
         )
     return histogram
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """Which lines a /logs client wants: all, or the access lines of a class, an object, a
+    status (``404``) or a class of statuses (``5xx``)."""
+
+    class_name: str | None = None
+    object_name: str | None = None
+    status: str | None = None
+
+    @classmethod
+    def parse(cls, query: str) -> _Filter:
+        fields = urllib.parse.parse_qs(query)
+        unknown = set(fields) - {"class", "object", "status"}
+        if unknown:
+            raise ValueError(
+                f"/logs takes class, object and status, not {', '.join(sorted(unknown))}"
+            )
+        status = fields.get("status", [None])[-1]
+        if status is not None and not re.fullmatch(r"[1-5]([0-9][0-9]|xx)", status):
+            raise ValueError(f"status is a status (404) or a class of them (5xx), not {status!r}")
+        return cls(fields.get("class", [None])[-1], fields.get("object", [None])[-1], status)
+
+    @property
+    def everything(self) -> bool:
+        return self.class_name is None and self.object_name is None and self.status is None
+
+    def wants(self, entry: dict[str, object]) -> bool:
+        if self.everything:
+            return True
+        if entry.get("logger") != "opendo.access":
+            return False
+        if self.class_name is not None and entry.get("class") != self.class_name:
+            return False
+        if self.object_name is not None and entry.get("object") != self.object_name:
+            return False
+        if self.status is not None:
+            status = str(entry.get("status"))
+            if self.status.endswith("xx") and status[:1] != self.status[0]:
+                return False
+            if not self.status.endswith("xx") and status != self.status:
+                return False
+        return True
+
+
+class _Tail(logging.Handler):
+    """The log, handed to every /logs client (attached to the root logger while one is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.formatter_ = JsonFormatter()
+        self.clients: dict[queue.Queue[bytes], _Filter] = {}
+        self.closed = threading.Event()
+        self._clients_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = self.formatter_.entry(record)
+            line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
+        except Exception:
+            self.handleError(record)
+            return
+        with self._clients_lock:
+            clients = list(self.clients.items())
+        for lines, wanted in clients:
+            if wanted.wants(entry):
+                try:
+                    lines.put_nowait(line)
+                except queue.Full:
+                    pass  # a client that does not read: it is told what it missed
+
+    def stream(self, wanted: _Filter) -> Iterator[bytes]:
+        lines: queue.Queue[bytes] = queue.Queue(TAIL_BUFFER)
+        with self._clients_lock:
+            if not self.clients:
+                logging.getLogger().addHandler(self)
+            self.clients[lines] = wanted
+        return self._lines(lines)
+
+    def _lines(self, lines: queue.Queue[bytes]) -> Iterator[bytes]:
+        try:
+            yield b"\n"  # the headers and this go out now: the client knows it is tailing
+            while not self.closed.is_set():
+                full = lines.full()
+                try:
+                    line = lines.get(timeout=HEARTBEAT)
+                except queue.Empty:
+                    yield b"\n"
+                    continue
+                yield line
+                if full:
+                    note = {
+                        "level": "warning",
+                        "logger": "opendo.admin",
+                        "message": (
+                            "this client read too slowly: lines were dropped "
+                            f"({TAIL_BUFFER} wait at most)"
+                        ),
+                    }
+                    yield (json.dumps(note) + "\n").encode()
+        finally:
+            with self._clients_lock:
+                self.clients.pop(lines, None)
+                if not self.clients:
+                    logging.getLogger().removeHandler(self)
+
+    def close(self) -> None:
+        self.closed.set()
+        super().close()
