@@ -310,6 +310,32 @@ def serve(
 
 
 @main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--template",
+    type=click.Choice(["counter", "chat", "cloudflare"]),
+    default="counter",
+    show_default=True,
+    help="counter: a counter per name; chat: a WebSocket chat room per name, hibernating; "
+    "cloudflare: a Cloudflare Python Worker with its wrangler.jsonc.",
+)
+def init(directory: Path, template: str) -> None:
+    """Make a new project in DIRECTORY (default: here) that runs with `opendo dev` and whose
+    tests pass with `pytest`; nothing is overwritten."""
+    from .project.init import init_project
+
+    try:
+        written = init_project(directory, template)
+    except ConfigError as exc:
+        click.echo(f"opendo init: {exc}", err=True)
+        sys.exit(2)
+    for path in written:
+        click.echo(f"  {path}")
+    shown = "" if directory.resolve() == Path.cwd() else f" {directory}"
+    click.echo(f"Made a {template} project. Next: opendo dev{shown}   and: pytest{shown}")
+
+
+@main.command()
 @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
 @click.option("--class", "class_name", default=None, help="Only requests this class answered.")
 @click.option("--object", "object_name", default=None, help="Only requests of this object.")

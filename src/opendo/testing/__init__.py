@@ -5,9 +5,10 @@ Installing opendo registers this module as a pytest plugin. It defines one fixtu
 ``opendo(...)`` builds an in-process project for the current test — its Worker, its objects,
 its storage in a fresh temporary directory (alarms included), a fake clock — and gives it
 back as a ``Project``, whose methods are ``async``: use them from ``async def`` tests. Such a
-test runs on an event loop of its own (the hook) unless pytest-asyncio is installed, which
-then runs it (in ``auto`` mode or with ``@pytest.mark.asyncio``; anyio works too). Nothing
-listens on a socket.
+test runs on an event loop of its own (the hook), unless pytest-asyncio takes it (in its
+``auto`` mode, or marked ``@pytest.mark.asyncio``; anyio works too, marked ``anyio``) — so it
+runs whether pytest-asyncio is installed or not, however it is configured. Nothing listens
+on a socket.
 
 =========================================  =============================================
 ``project = opendo("examples/chat")``      a project from its ``opendo.toml`` (a path
@@ -190,12 +191,14 @@ EVICT_TIMEOUT = 5.0  # seconds evict() waits for an object to finish what it is 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """An ``async def`` test that uses the ``opendo`` fixture runs on an event loop of its
-    own when no asyncio plugin is installed (with pytest-asyncio or anyio, they run it)."""
+    own, unless an asyncio plugin takes it: pytest-asyncio one it marks ``asyncio`` (in its
+    ``auto`` mode, every one), anyio one marked ``anyio``. So such a test runs whether
+    pytest-asyncio is installed or not, and however it is configured."""
     test = pyfuncitem.obj
     if (
         not inspect.iscoroutinefunction(test)
         or "opendo" not in pyfuncitem.fixturenames
-        or pyfuncitem.config.pluginmanager.hasplugin("asyncio")
+        or pyfuncitem.get_closest_marker("asyncio") is not None
         or pyfuncitem.get_closest_marker("anyio") is not None
     ):
         return None
