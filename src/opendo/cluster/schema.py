@@ -105,7 +105,11 @@ async def migrate(conn: Any) -> int:
         try:
             await conn.execute(_BASE)
             break
-        except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+        except (
+            asyncpg.UniqueViolationError,
+            asyncpg.DuplicateTableError,
+            asyncpg.DuplicateObjectError,  # the table's row type, made by the other node
+        ):
             continue  # another node created it at the same moment
     await conn.execute(
         "INSERT INTO opendo_schema (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"

@@ -98,9 +98,9 @@ handlers taking fewer arguments             called with the ones they take, as C
 What is not supported
 ---------------------
 
-These raise ``NotSupportedError`` (a ``NotImplementedError``) saying so: outbound
-``workers.fetch()``; module-level handlers (``@handler``, or an ``on_fetch`` function where
-the Worker class should be: the project is refused when it loads);
+These raise ``NotSupportedError`` (a ``NotImplementedError``) saying so: module-level
+handlers (``@handler``, or an ``on_fetch`` function where the Worker class should be: the
+project is refused when it loads);
 ``WorkflowEntrypoint``; ``import_from_javascript``; ``patch_env``; jurisdictions
 (``env.NS.jurisdiction()``, ``newUniqueId({"jurisdiction": …})``); ``getExisting``;
 ``setHibernatableWebSocketEventTimeout``;
@@ -123,6 +123,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 from ..api.http import Headers
+from ..runtime.outbound import fetch  # outbound HTTP: opendo.fetch
 from .bindings import DurableObjectId, DurableObjectNamespace, DurableObjectStub, Env
 from .context import AlarmInfo, Context, DurableObjectContext
 from .helpers import JsDict
@@ -135,7 +136,6 @@ from .unsupported import (
     NotSupportedError,
     NotSupportedInProjectError,
     NotSupportedModuleError,
-    fetch,
     handler,
     import_from_javascript,
     patch_env,

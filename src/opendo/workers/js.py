@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar, cast
 from ..api import websocket as _ws
 from ..api.http import Headers
 from ..runtime.host import current_host
+from ..runtime.outbound import fetch
 from .helpers import _plain
 
 _T = TypeVar("_T")
@@ -101,6 +102,7 @@ class Date:
 def _js_module() -> types.ModuleType:
     provided: dict[str, Any] = {
         "Date": Date,
+        "fetch": fetch,
         "WebSocketPair": WebSocketPair,
         "WebSocketRequestResponsePair": WebSocketRequestResponsePair,
     }

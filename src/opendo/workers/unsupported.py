@@ -81,14 +81,6 @@ def install_import_hooks() -> None:
 # -- module-level functions --------------------------------------------------------------------
 
 
-def fetch(resource: Any, /, **options: Any) -> NoReturn:
-    """Outbound ``fetch()``: not supported."""
-    _unsupported(
-        "workers.fetch() (an outbound HTTP request)",
-        "use an HTTP client library (httpx, aiohttp) from your object",
-    )
-
-
 def handler(func: Any) -> NoReturn:
     """Module-level handlers (``@handler async def on_fetch(request, env)``): not
     supported."""

@@ -1,0 +1,159 @@
+"""``opendo.fetch`` (also ``workers.fetch`` and ``js.fetch``): outbound HTTP from objects,
+against a real HTTP server on 127.0.0.1 (the standard library's, on a thread of the test).
+
+The durability test holds the object's flush at the documented boundary (conftest's
+``GatedDriver``): while the write before it is not durable, the request must not reach the
+server; once it is, it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from conftest import GatedDriver, wait_for
+
+from opendo import DurableObject, Runtime, fetch, workers
+
+WITHIN = 10.0
+
+
+class Upstream:
+    """An HTTP server that records each request and answers with JSON about it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.arrived = threading.Event()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                seen = {
+                    "method": self.command,
+                    "path": self.path,
+                    "body": self.rfile.read(length).decode(),
+                    "x-test": self.headers.get("x-test"),
+                }
+                upstream.requests.append(seen)
+                upstream.arrived.set()
+                status = 418 if self.path == "/teapot" else 200
+                body = json.dumps(seen).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("x-upstream", "yes")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class Reporter(DurableObject):
+    async def report(self, url: str, text: str) -> dict[str, Any]:
+        await self.ctx.storage.put("last", text)  # durable before the report leaves
+        response = await fetch(url, method="POST", headers={"x-test": "from an object"}, body=text)
+        return {
+            "status": response.status,
+            "ok": response.ok,
+            "upstream": response.headers.get("x-upstream"),
+            "seen": await response.json(),
+        }
+
+    async def get(self, url: str) -> int:
+        return (await workers.fetch(url)).status
+
+
+def runtime(storage: Any) -> Runtime:
+    return Runtime(bindings={"REPORTER": Reporter}, storage=storage)
+
+
+async def test_an_object_posts_and_reads_the_answer(
+    gated_driver: GatedDriver, upstream: Upstream
+) -> None:
+    rt = runtime(gated_driver)
+    try:
+        reporter = rt.env.REPORTER.get_by_name("r")
+        answer = await asyncio.wait_for(reporter.report(f"{upstream.url}/hook", "done"), WITHIN)
+        assert answer == {
+            "status": 200,
+            "ok": True,
+            "upstream": "yes",
+            "seen": {"method": "POST", "path": "/hook", "body": "done", "x-test": "from an object"},
+        }
+        assert await reporter.get(f"{upstream.url}/teapot") == 418  # a status, not an error
+    finally:
+        await rt.aclose()
+
+
+async def test_the_request_leaves_only_once_the_write_before_it_is_durable(
+    gated_driver: GatedDriver, upstream: Upstream
+) -> None:
+    rt = runtime(gated_driver)
+    try:
+        gated_driver.hold()  # the disk is slow: the put's flush waits
+        reporter = rt.env.REPORTER.get_by_name("r")
+        call = asyncio.ensure_future(reporter.report(f"{upstream.url}/hook", "v1"))
+        await gated_driver.flush_started(1)
+        # The flush is in flight, held: the request waits for it (checked for a while).
+        assert not await asyncio.to_thread(upstream.arrived.wait, 0.3)
+        assert upstream.requests == [] and not call.done()
+        gated_driver.release()
+        answer = await asyncio.wait_for(call, WITHIN)
+        assert answer["seen"]["body"] == "v1"
+    finally:
+        gated_driver.release()
+        await rt.aclose()
+
+
+async def test_a_failed_write_means_the_request_is_never_sent(
+    gated_driver: GatedDriver, upstream: Upstream
+) -> None:
+    rt = runtime(gated_driver)
+    try:
+        gated_driver.error = OSError(5, "Input/output error")
+        reporter = rt.env.REPORTER.get_by_name("r")
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(reporter.report(f"{upstream.url}/hook", "lost"), WITHIN)
+        assert "Input/output error" in str(caught.value) or "sync" in str(caught.value)
+        await wait_for(lambda: gated_driver.in_flight == 0)
+        assert upstream.requests == []
+    finally:
+        await rt.aclose()
+
+
+async def test_an_unreachable_host_is_a_connection_error_that_names_the_request() -> None:
+    with pytest.raises(ConnectionError, match=r"fetch GET http://127\.0\.0\.1:9/x: "):
+        await fetch("http://127.0.0.1:9/x")  # the discard port: nothing listens
+    with pytest.raises(ValueError, match="absolute http"):
+        await fetch("/relative")
