@@ -243,8 +243,8 @@ def test_loading_a_project_provides_workers_and_js(opendo):
     assert WebSocketPair is workers.WebSocketPair
     assert isinstance(Date.now(), int)
     assert fetch is opendo_fetch
-    with pytest.raises(AttributeError, match="provides only Date, WebSocketPair"):
-        _ = workers.js.Object
+    with pytest.raises(AttributeError, match="provides only Array, Date, JSON, Object"):
+        _ = workers.js.Symbol
 
 
 def test_request_method_is_an_http_method_as_in_cloudflares_sdk():
@@ -972,3 +972,69 @@ async def test_unsupported_calls_say_so(opendo):
     with pytest.raises(NotSupportedError, match="origin"):
         workers.Context(ExecutionContext()).passThroughOnException()
     assert workers.python_to_rpc(x := {"a": 1}) is x and workers.python_from_rpc(x) is x
+
+
+PYODIDE_STYLE = """
+from pyodide.ffi import create_proxy, to_js
+from js import JSON, Object, console, crypto
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Notes(DurableObject):
+    async def fetch(self, request):
+        note = (await request.json()).to_py()  # a JsProxy on Cloudflare: here a dict
+        assert type(note) is dict
+        await self.ctx.storage.put(note["key"], note["text"])
+        listed = await self.ctx.storage.list()
+        seen = []
+        listed.forEach(create_proxy(lambda value, key: seen.append(key)))
+        console.log("stored", note["key"])
+        body = to_js(
+            {"size": listed.size, "has": listed.has(note["key"]), "keys": seen,
+             "entries": list(listed.entries()), "id": len(crypto.randomUUID())},
+            dict_converter=Object.fromEntries,
+        )
+        return Response(JSON.stringify(body), headers={"content-type": "application/json"})
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await self.env.NOTES.getByName("n").fetch(request)
+"""
+
+
+async def test_a_worker_written_with_pyodide_and_js_globals_runs(
+    opendo: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "worker.py").write_text(PYODIDE_STYLE)
+    (tmp_path / "wrangler.jsonc").write_text(
+        '{"name": "notes", "main": "worker.py", "compatibility_flags": ["python_workers"],'
+        ' "durable_objects": {"bindings": [{"name": "NOTES", "class_name": "Notes"}]},'
+        ' "migrations": [{"tag": "v1", "new_sqlite_classes": ["Notes"]}]}'
+    )
+    project = opendo(tmp_path)
+    caplog.set_level("INFO", logger="opendo.console")
+    await project.fetch("/", method="POST", body='{"key": "a", "text": "first"}')
+    answer = await body(project, "/", method="POST", body='{"key": "b", "text": "second"}')
+    assert answer == {
+        "size": 2,
+        "has": True,
+        "keys": ["a", "b"],
+        "entries": [["a", "first"], ["b", "second"]],
+        "id": 36,
+    }
+    assert [r.getMessage() for r in caplog.records if r.name == "opendo.console"] == [
+        "stored a",
+        "stored b",
+    ]
+
+
+def test_pyodide_is_provided_where_none_is_installed(opendo: Any) -> None:
+    opendo(CHAT)  # loading a project installs the import hook
+    import pyodide.ffi
+    import pyodide.http
+
+    assert pyodide.ffi.to_js([1]) == [1] and pyodide.ffi.to_py({"a": 1}) == {"a": 1}
+    assert callable(pyodide.http.pyfetch)
+    with pytest.raises(NotSupportedError, match="the pyodide.code module is not supported"):
+        import pyodide.code  # noqa: F401

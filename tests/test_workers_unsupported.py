@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -37,10 +38,16 @@ class Default(WorkerEntrypoint):
         return Response({body})
 """
 
-PYODIDE_IMPORTS = ["import pyodide", "from pyodide.ffi import to_js", "import pyodide.ffi"]
+# opendo provides pyodide, pyodide.ffi and pyodide.http (test_workers_compat.py); the rest is not.
+PYODIDE_IMPORTS = [
+    "import pyodide.code",
+    "from pyodide.code import run_js",
+    "from pyodide.webloop import WebLoop",
+]
 
 # Without a real pyodide package, importing it is what these tests are about.
 REAL_PYODIDE = importlib.util.find_spec("pyodide") is not None
+PROVIDED = ("pyodide.ffi", "pyodide.http")
 
 
 def project(root: Path, worker: str, files: dict[str, str] | None = None) -> Path:
@@ -160,33 +167,33 @@ def test_importing_pyodide_is_not_supported(
     message = str(caught.value)
     assert isinstance(caught.value, ConfigError)
     assert message.startswith(f"{root / 'worker.py'}:1: {statement}: "), message
-    assert "the pyodide module is not supported by opendo" in message
-    assert "values are plain Python already" in message
-    assert "pyodide" not in sys.modules
+    assert re.search(r"the pyodide\.\w+ module is not supported by opendo", message), message
+    assert "opendo provides pyodide.ffi" in message
+    assert not [n for n in sys.modules if n.startswith("pyodide.") and n not in PROVIDED]
 
 
 @pytest.mark.skipif(REAL_PYODIDE, reason="a pyodide package is installed")
 def test_pyodide_in_a_helper_module_names_the_helpers_line(tmp_path: Path, opendo: object):
-    helper = "import json\n\nfrom pyodide.ffi import create_proxy\n"
+    helper = "import json\n\nfrom pyodide.code import run_js\n"
     root = project(tmp_path / "app", with_import("import helper"), {"helper.py": helper})
 
     assert callable(opendo)
     with pytest.raises(NotSupportedError) as caught:
         opendo(root)
 
-    expected = f"{root / 'helper.py'}:3: from pyodide.ffi import create_proxy: the pyodide module"
+    expected = f"{root / 'helper.py'}:3: from pyodide.code import run_js: the pyodide.code module"
     assert str(caught.value).startswith(expected), str(caught.value)
 
 
 @pytest.mark.skipif(REAL_PYODIDE, reason="a pyodide package is installed")
 def test_code_that_tries_pyodide_and_falls_back_still_loads(tmp_path: Path, opendo: object):
-    statement = "try:\n    import pyodide\nexcept ImportError:\n    pyodide = None\n"
+    statement = "try:\n    import pyodide.code\nexcept ImportError:\n    pyodide = None\n"
     root = project(tmp_path / "app", statement + DEFAULT.format(body="repr(pyodide)"))
 
     assert callable(opendo)
     opendo(root)  # the import failed as an ImportError (also a NotSupportedError)
-    with pytest.raises(NotSupportedError, match="pyodide module") as caught:
-        import pyodide  # noqa: F401
+    with pytest.raises(NotSupportedError, match="pyodide.code module") as caught:
+        import pyodide.code  # noqa: F401
     assert isinstance(caught.value, ModuleNotFoundError)
 
 
@@ -222,8 +229,8 @@ def refused(*args: str | Path) -> tuple[int, str]:
     [
         pytest.param(ON_FETCH, "module-level handler (on_fetch) is not supported", id="on_fetch"),
         pytest.param(
-            with_import("from pyodide.ffi import to_js"),
-            "from pyodide.ffi import to_js: the pyodide module is not supported",
+            with_import("from pyodide.code import run_js"),
+            "from pyodide.code import run_js: the pyodide.code module is not supported",
             id="pyodide",
             marks=pytest.mark.skipif(REAL_PYODIDE, reason="a pyodide package is installed"),
         ),

@@ -138,8 +138,9 @@ def import_main(path: Path) -> ModuleType:
 
     ``import workers`` in it finds ``opendo.workers``, the names of Cloudflare's Python
     Workers, and ``import js`` the few JavaScript globals they use (``opendo.workers.js``),
-    as the Cloudflare runtime provides both to the Workers it runs; ``import pyodide``, unless
-    a real one is importable, raises ``NotSupportedError``. A ``NotSupportedError`` raised
+    as the Cloudflare runtime provides both to the Workers it runs; ``pyodide``, unless a
+    real one is importable, is opendo's stand-in (``pyodide.ffi``, ``pyodide.http``), and its
+    other modules raise ``NotSupportedError``. A ``NotSupportedError`` raised
     while the module loads is reported as a ``NotSupportedInProjectError`` (a
     ``ConfigError``) that starts with the file and line of the project's code that used it.
     """

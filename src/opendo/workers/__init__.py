@@ -105,12 +105,13 @@ project is refused when it loads);
 (``env.NS.jurisdiction()``, ``newUniqueId({"jurisdiction": …})``); ``getExisting``;
 ``setHibernatableWebSocketEventTimeout``;
 ``ctx.props``, ``ctx.exports``, ``ctx.container``, ``ctx.facets``; a Worker's
-``ctx.passThroughOnException()``. ``js`` provides only ``WebSocketPair``,
-``WebSocketRequestResponsePair`` and ``Date`` (others raise ``AttributeError``), and there is
-no ``pyodide`` module (``to_js``, ``create_proxy``): values are plain Python, and ``import
-pyodide`` raises ``NotSupportedModuleError`` (also a ``ModuleNotFoundError``) unless a real
-one is importable. Raised while a project loads, these become a
-``NotSupportedInProjectError``, also a ``ConfigError``, naming the line that used them. The
+``ctx.passThroughOnException()``. ``js`` provides ``WebSocketPair``,
+``WebSocketRequestResponsePair``, ``Date``, ``fetch``, ``Object``, ``Array``, ``JSON``,
+``console`` and ``crypto`` (others raise ``AttributeError``); ``pyodide`` (unless a real one
+is importable) provides ``pyodide.ffi`` and ``pyodide.http`` (``opendo.workers.pyodide``),
+and its other modules raise ``NotSupportedModuleError`` (also a ``ModuleNotFoundError``).
+Raised while a project loads, these become a ``NotSupportedInProjectError``, also a
+``ConfigError``, naming the line that used them. The
 ``workers.env`` and ``workers.waitUntil`` globals are not provided: use ``self.env`` and
 ``self.ctx.waitUntil``. Storage options ``allowConcurrency``, ``allowUnconfirmed`` and
 ``noCache`` are accepted and ignored (every write is confirmed before output leaves).

@@ -79,6 +79,13 @@ class Request(_http.Request):
     def clone(self) -> Request:
         return Request(self)
 
+    async def json(self) -> Any:
+        """The body parsed: objects and arrays as pyodide hands them over (a ``dict`` or a
+        ``list`` that also has ``to_py()``, so ``(await request.json()).to_py()`` works)."""
+        from .pyodide import as_js
+
+        return as_js(await super().json())
+
     def __repr__(self) -> str:
         return f"Request(method={self.method!r}, url={self.url!r})"
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json as _json
+import logging
 import time
 import types
+import uuid
 from collections.abc import (
     Iterable,
     Mapping,
@@ -99,9 +102,99 @@ class Date:
         return int(seconds * 1000)
 
 
+class Object:
+    """``js.Object``: the static methods that have an honest Python meaning on dicts."""
+
+    @staticmethod
+    def fromEntries(entries: Iterable[Any]) -> dict[Any, Any]:  # noqa: N802
+        return {key: value for key, value in entries}
+
+    @staticmethod
+    def keys(value: Mapping[Any, Any]) -> list[Any]:
+        return list(value.keys())
+
+    @staticmethod
+    def values(value: Mapping[Any, Any]) -> list[Any]:
+        return list(value.values())
+
+    @staticmethod
+    def entries(value: Mapping[Any, Any]) -> list[list[Any]]:
+        return [[key, item] for key, item in value.items()]
+
+    @staticmethod
+    def assign(target: dict[Any, Any], *sources: Mapping[Any, Any]) -> dict[Any, Any]:
+        for source in sources:
+            target.update(source)
+        return target
+
+
+class Array:
+    """``js.Array``: ``Array.isArray(x)``, ``Array.from_(iterable)`` (``from`` is a keyword
+    in Python; Pyodide spells it ``from_`` too)."""
+
+    @staticmethod
+    def isArray(value: Any) -> bool:  # noqa: N802
+        return isinstance(value, list | tuple)
+
+    @staticmethod
+    def from_(iterable: Iterable[Any]) -> list[Any]:
+        return list(iterable)
+
+
+class JSON:
+    """``js.JSON``: ``parse`` and ``stringify`` (the standard library's json)."""
+
+    @staticmethod
+    def parse(text: str) -> Any:
+        return _json.loads(text)
+
+    @staticmethod
+    def stringify(value: Any) -> str:
+        return _json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Console:
+    """``js.console``: ``log``/``info``/``debug`` at INFO/DEBUG, ``warn``, ``error``, to the
+    server's log (logger ``opendo.console``)."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("opendo.console")
+
+    def _write(self, level: int, args: tuple[Any, ...]) -> None:
+        self._log.log(level, " ".join(a if isinstance(a, str) else repr(a) for a in args))
+
+    def log(self, *args: Any) -> None:
+        self._write(logging.INFO, args)
+
+    info = log
+
+    def debug(self, *args: Any) -> None:
+        self._write(logging.DEBUG, args)
+
+    def warn(self, *args: Any) -> None:
+        self._write(logging.WARNING, args)
+
+    def error(self, *args: Any) -> None:
+        self._write(logging.ERROR, args)
+
+
+class _Crypto:
+    """``js.crypto``: ``randomUUID()`` (a version 4 UUID, from the operating system's random
+    source)."""
+
+    @staticmethod
+    def randomUUID() -> str:  # noqa: N802
+        return str(uuid.uuid4())
+
+
 def _js_module() -> types.ModuleType:
     provided: dict[str, Any] = {
+        "Array": Array,
         "Date": Date,
+        "JSON": JSON,
+        "Object": Object,
+        "console": _Console(),
+        "crypto": _Crypto(),
         "fetch": fetch,
         "WebSocketPair": WebSocketPair,
         "WebSocketRequestResponsePair": WebSocketRequestResponsePair,

@@ -201,10 +201,11 @@ class Storage:
         _options("storage.deleteAll", options, keywords, _WRITE_FLAGS)
         return _storage.delete_all_as(self._storage, "deleteAll")
 
-    def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[dict[str, Any]]:
+    def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[StorageMap]:
         """Keys and values in key order: ``start``, ``startAfter``, ``end``, ``prefix``,
-        ``reverse``, ``limit`` — as a dict (``list({"prefix": "a"})``) or as keywords."""
-        return self._storage.list(**_list_options("storage.list", options, keywords))
+        ``reverse``, ``limit`` — as a dict (``list({"prefix": "a"})``) or as keywords. The
+        answer is a ``StorageMap``: a dict with the Map's ``size``, ``has``, ``entries``."""
+        return _as_map(self._storage.list(**_list_options("storage.list", options, keywords)))
 
     def getAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[int | None]:
         """When the alarm is due, in epoch milliseconds, or None."""
@@ -283,8 +284,8 @@ class Transaction:
         _options("txn.deleteAll", options, keywords, _WRITE_FLAGS)
         return _storage.delete_all_as(self._txn, "deleteAll")
 
-    def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[dict[str, Any]]:
-        return self._txn.list(**_list_options("txn.list", options, keywords))
+    def list(self, options: Any = None, /, **keywords: Any) -> Awaitable[StorageMap]:
+        return _as_map(self._txn.list(**_list_options("txn.list", options, keywords)))
 
     def getAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[int | None]:
         _options("txn.getAlarm", options, keywords, frozenset({"allowConcurrency"}))
@@ -299,3 +300,27 @@ class Transaction:
     def deleteAlarm(self, options: Any = None, /, **keywords: Any) -> Awaitable[None]:
         _options("txn.deleteAlarm", options, keywords, _ALARM_WRITE_FLAGS)
         return _storage.delete_alarm_as(self._txn, "deleteAlarm")
+
+
+class StorageMap(dict[str, Any]):
+    """``storage.list()``'s answer: a ``dict`` in key order that also answers as the
+    JavaScript ``Map`` Cloudflare returns does: ``size``, ``has(key)``, ``get(key)``,
+    ``entries()`` (``[key, value]`` pairs), ``forEach(fn)`` (``fn(value, key)``)."""
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def has(self, key: str) -> bool:
+        return key in self
+
+    def entries(self) -> Iterator[list[Any]]:
+        return ([key, value] for key, value in self.items())
+
+    def forEach(self, fn: Callable[..., Any]) -> None:  # noqa: N802  (the Map's name)
+        for key, value in list(self.items()):
+            fn(value, key)
+
+
+async def _as_map(listed: Awaitable[dict[str, Any]]) -> StorageMap:
+    return StorageMap(await listed)

@@ -40,32 +40,39 @@ def _unsupported(what: str, why: str) -> NoReturn:
     raise NotSupportedError(f"{what} is not supported by opendo: {why}")
 
 
-# Modules of Cloudflare's Python runtime that no finder provides here: importing one raises
-# NotSupportedModuleError. A module with a stand-in of its own leaves this table.
-_UNSUPPORTED_MODULES = {
-    "pyodide": "values are plain Python already (use them as they are, without to_js(), "
-    "to_py() or create_proxy()), and an HTTP client library replaces pyodide.http",
-}
+# Cloudflare's Python runtime has a pyodide package; where no real one is importable, opendo's
+# stand-in (opendo.workers.pyodide) provides these modules, and the others fail to import.
+_PROVIDED = ("pyodide", "pyodide.ffi", "pyodide.http")
+_UNSUPPORTED_WHY = (
+    "opendo provides pyodide.ffi (to_js, to_py, create_proxy: values are plain Python "
+    "already) and pyodide.http (pyfetch, on opendo.fetch), not the rest of pyodide"
+)
 
 
 class _UnsupportedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Last on ``sys.meta_path``: finds the top-level modules of ``_UNSUPPORTED_MODULES``
-    that no finder before it found, and fails to load them."""
+    """Last on ``sys.meta_path``: finds ``pyodide`` and its submodules when no finder before
+    it did, and loads opendo's stand-in for the ones it has (``_PROVIDED``), or fails."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if path is not None or fullname not in _UNSUPPORTED_MODULES:
+        if fullname != "pyodide" and not fullname.startswith("pyodide."):
             return None
-        return importlib.machinery.ModuleSpec(fullname, self)
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname == "pyodide")
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        if spec.name in _PROVIDED:
+            from . import pyodide
+
+            return pyodide.modules()[spec.name]
         return None
 
     def exec_module(self, module: types.ModuleType) -> None:
         name = module.__name__
+        if name in _PROVIDED:
+            return
         error = NotSupportedModuleError(
-            f"the {name} module is not supported by opendo: {_UNSUPPORTED_MODULES[name]}"
+            f"the {name} module is not supported by opendo: {_UNSUPPORTED_WHY}"
         )
         error.name = name
         raise error
