@@ -16,6 +16,7 @@ import base64
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -530,3 +531,55 @@ def test_screenshot(people: People, base: str, tmp_path: Path) -> None:
     target = SCREENSHOT if os.environ.get("OPENDO_UPDATE_SCREENSHOT") == "1" else tmp_path / "c.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(png)
+
+
+# -- the data explorer (the admin listener's /explorer) ---------------------------------------
+
+EXPLORER_SHOT = ROOT / "docs" / "explorer.png"
+
+
+def test_the_explorer_shows_objects_their_storage_and_read_only_queries(
+    people: People, tmp_path: Path
+) -> None:
+    """docs/explorer.png with OPENDO_UPDATE_SCREENSHOT=1."""
+    args = ["serve", CHAT, "--port", "0", "--admin-port", "0", "--persist-to", tmp_path / "s"]
+    with run_opendo(*args) as process:
+        deadline = time.monotonic() + 20
+        admin = None
+        while admin is None:
+            line = process.next_line("stderr", deadline)
+            assert line is not None, process.stderr_text()
+            if match := re.search(r"Admin on (http://127\.0\.0\.1:\d+)", line):
+                admin = match.group(1)
+        base = f"http://127.0.0.1:{process.wait_ready()}"
+        ada = people.join(f"{base}/kitchen", "Ada")
+        for count, text in enumerate(
+            ["Soup is on the stove", "Who took the last <b>bread</b>?"], 1
+        ):
+            say(ada, text)
+            expect(messages(ada)).to_have_count(count)
+
+        page = people.open(f"{admin}/", viewport={"width": 1000, "height": 760})
+        expect(page.locator("h1")).to_have_text("Objects")  # / leads to /explorer
+        row = page.locator("tr", has_text="kitchen")
+        expect(row).to_contain_text("Chat")
+        row.locator("a").click()
+        expect(page.locator("h1")).to_have_text("Chat kitchen")
+        expect(page.locator("table", has_text="messages")).to_contain_text("2")
+
+        page.fill("textarea[name=sql]", "SELECT name, text FROM messages ORDER BY seq")
+        page.click("button[type=submit]")
+        result = page.locator("#query-result")
+        expect(result.locator("tbody tr")).to_have_count(2)
+        expect(result).to_contain_text("Who took the last <b>bread</b>?")  # as text, escaped
+        expect(result).to_contain_text("Ada")
+        png = page.screenshot(full_page=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        update = os.environ.get("OPENDO_UPDATE_SCREENSHOT") == "1"
+        (EXPLORER_SHOT if update else tmp_path / "explorer.png").write_bytes(png)
+
+        page.fill("textarea[name=sql]", "DELETE FROM messages")
+        page.click("button[type=submit]")
+        expect(page.locator("#query-error")).to_contain_text("only queries that read")
+        say(ada, "still here")  # nothing was deleted, and the room carries on
+        expect(messages(ada)).to_have_count(3)

@@ -173,7 +173,7 @@ def test_health_readiness_and_what_else_the_admin_listener_answers(
         assert (ready.status_code, ready.text) == (200, "ready\n")
         other = client.get("/counter/apples")
         assert other.status_code == 404
-        assert "/metrics, /healthz, /readyz and /logs" in other.text
+        assert "/metrics, /healthz, /readyz, /logs and /explorer" in other.text
         assert client.post("/metrics").status_code == 405
 
 

@@ -13,6 +13,8 @@ that what it says is consistent and a stuck loop shows:
   open storage), and the process's CPU, memory and file descriptors.
 - ``/healthz``: 200 ``ok`` when the event loop answers within ``ANSWER_WITHIN``, else 503.
 - ``/readyz``: 200 ``ready`` once the runtime serves, 503 while it starts or shuts down.
+- ``/explorer``: the data explorer's pages (``server.explorer``): the stored objects, their
+  KV entries, SQL tables and alarm, and read-only queries.
 - ``/logs``: the server's log from now on, one JSON object per line (``core.logs``'
   ``JsonFormatter``), as long as the client reads (``opendo tail``). ``?class=``,
   ``?object=``, ``?status=`` (``404``, or ``5xx``) keep only the access log lines that match;
@@ -51,6 +53,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..core.logs import JsonFormatter
 from ..core.metrics import METRICS, Counter, Histogram
+from . import explorer
 
 if TYPE_CHECKING:
     from ..runtime.runtime import Runtime
@@ -128,7 +131,9 @@ class AdminListener:
         self._thread.start()
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
-        log.info("Admin on http://%s:%d (/metrics, /healthz, /readyz, /logs)", shown, port)
+        log.info(
+            "Admin on http://%s:%d (/metrics, /healthz, /readyz, /logs, /explorer)", shown, port
+        )
 
     def close(self) -> None:
         self.tail.close()
@@ -176,6 +181,16 @@ class AdminListener:
                 if self.on_loop(lambda: self.runtime.ready):
                     return _answer(start_response, "200 OK", b"ready\n")
                 return _answer(start_response, "503 Service Unavailable", b"not ready\n")
+            if path == "/":
+                start_response("302 Found", [("Location", "/explorer"), ("Content-Length", "0")])
+                return [b""]
+            if path == "/explorer" or path.startswith("/explorer/"):
+                # The driver under the runtime's storage (project.loader keeps it).
+                driver = getattr(self.runtime, "storage_driver", None)
+                if driver is None:
+                    driver = getattr(self.runtime.storage, "driver", None)
+                status, page = explorer.page(driver, path, environ.get("QUERY_STRING", ""))
+                return _answer(start_response, status, page.encode(), "text/html; charset=utf-8")
             if path == "/logs":
                 try:
                     wanted = _Filter.parse(environ.get("QUERY_STRING", ""))
@@ -188,7 +203,7 @@ class AdminListener:
                 return self.tail.stream(wanted)
         except TimeoutError as exc:
             return _answer(start_response, "503 Service Unavailable", f"{exc}\n".encode())
-        known = b"/metrics, /healthz, /readyz and /logs"
+        known = b"/metrics, /healthz, /readyz, /logs and /explorer"
         return _answer(start_response, "404 Not Found", b"not found: this listener has " + known)
 
 
