@@ -175,6 +175,18 @@ async def test_rpc_rejects_reserved_private_and_missing_methods() -> None:
     assert await stub.sync_method(21) == 42
 
 
+async def test_a_misspelt_rpc_method_names_the_closest_and_lists_the_methods() -> None:
+    runtime = make_runtime()
+    stub = runtime.env.COUNTER.get_by_name("rpc")
+    with pytest.raises(TypeError) as caught:
+        await stub.incremnt()
+    message = str(caught.value)
+    assert message.startswith("Counter has no public method 'incremnt' to call over RPC")
+    assert "did you mean 'increment'?" in message
+    assert "its methods: " in message and "sync_method" in message
+    assert "_" + "private" not in message and "web_socket_message" not in message
+
+
 async def test_stub_fetch_reaches_the_objects_fetch() -> None:
     runtime = make_runtime()
     stub = runtime.env.COUNTER.get_by_name("f")

@@ -10,6 +10,7 @@ and the caller gets that error.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from collections.abc import Awaitable
@@ -77,11 +78,32 @@ async def _fetch(instance: DurableObject, request: Any) -> Response:
     return response
 
 
+def _no_method(cls: type, name: str) -> str:
+    """What a call of a method the class does not have over RPC is told: the closest name,
+    and the methods there are."""
+    methods = sorted(
+        attr
+        for attr in dir(cls)
+        if not attr.startswith("_")
+        and attr not in RESERVED_METHODS
+        and attr not in _BASE_METHODS
+        and callable(getattr(cls, attr, None))
+    )
+    message = f"{cls.__name__} has no public method {name!r} to call over RPC"
+    close = difflib.get_close_matches(name, methods, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    return message + (f" (its methods: {', '.join(methods)})" if methods else " (it has none)")
+
+
+_BASE_METHODS = frozenset(dir(DurableObject))  # what every object has: fetch, alarm, ...
+
+
 def _rpc(instance: DurableObject, event: Rpc) -> Any:
     name = event.method
     method = getattr(type(instance), name, None)
     if name.startswith("_") or name in RESERVED_METHODS or method is None or not callable(method):
-        raise TypeError(f"{type(instance).__name__} has no public method {name!r} to call over RPC")
+        raise TypeError(_no_method(type(instance), name))
     result = getattr(instance, name)(*event.args, **event.kwargs)
     if inspect.iscoroutine(result):
         return _cloned(result, name)
