@@ -1038,3 +1038,13 @@ def test_pyodide_is_provided_where_none_is_installed(opendo: Any) -> None:
     assert callable(pyodide.http.pyfetch)
     with pytest.raises(NotSupportedError, match="the pyodide.code module is not supported"):
         import pyodide.code  # noqa: F401
+
+
+async def test_the_request_body_is_a_stream_as_on_cloudflare() -> None:
+    posted = Request("http://localhost/", method="POST", body="a body")
+    chunks = [chunk async for chunk in posted.body]
+    assert chunks == [b"a body"]
+    reader = Request("http://localhost/", method="POST", body=b"xy").body.getReader()
+    assert await reader.read() == {"done": False, "value": b"xy"}
+    assert await reader.read() == {"done": True, "value": None}
+    assert [c async for c in Request("http://localhost/").body] == []  # no body: no chunk

@@ -79,6 +79,14 @@ class Request(_http.Request):
     def clone(self) -> Request:
         return Request(self)
 
+    @property
+    def body(self) -> BodyStream:
+        """The body as the stream Cloudflare gives (a ``ReadableStream``): ``async for chunk
+        in request.body``, or ``reader = request.body.getReader()`` and ``await
+        reader.read()`` (``{"done": …, "value": …}``). The body is read whole before its
+        first chunk is given, as one chunk (opendo bounds it by ``max_body_bytes``)."""
+        return BodyStream(self)
+
     async def json(self) -> Any:
         """The body parsed: objects and arrays as pyodide hands them over (a ``dict`` or a
         ``list`` that also has ``to_py()``, so ``(await request.json()).to_py()`` works)."""
@@ -180,3 +188,35 @@ def _as_response(response: Any) -> Any:
     for name in _http.Response.__slots__:
         setattr(converted, name, getattr(response, name))
     return converted
+
+
+class BodyStream:
+    """``request.body``: the body as an async iterable of ``bytes`` chunks, with the stream
+    reader's ``getReader().read()``."""
+
+    __slots__ = ("_request", "_given")
+
+    def __init__(self, request: _http.Request) -> None:
+        self._request = request
+        self._given = False
+
+    def __aiter__(self) -> BodyStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._given:
+            raise StopAsyncIteration
+        self._given = True
+        data = await self._request.bytes()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    def getReader(self) -> BodyStream:  # noqa: N802  (the stream's name)
+        return self
+
+    async def read(self) -> dict[str, Any]:
+        try:
+            return {"done": False, "value": await self.__anext__()}
+        except StopAsyncIteration:
+            return {"done": True, "value": None}
