@@ -84,3 +84,41 @@ def test_a_failed_write_breaks_the_gate_and_drops_held_messages() -> None:
     assert outcomes == [error, error]
     with pytest.raises(GateBrokenError):
         gate.lock()
+
+
+class Settled:
+    """A future-shaped recorder (``core.gates.FutureLike``)."""
+
+    def __init__(self, done: bool = False) -> None:
+        self.outcome: tuple[str, object] | None = ("already", None) if done else None
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def set_result(self, result: object) -> None:
+        self.outcome = ("result", result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.outcome = ("exception", exception)
+
+
+def test_resolve_when_clear_settles_a_future_with_the_value_or_the_wrapped_error() -> None:
+    gate = OutputGate()
+    clear = Settled()
+    gate.resolve_when_clear(clear, "now")
+    assert clear.outcome == ("result", "now")  # nothing held: at once
+
+    lock = gate.lock()
+    held, cancelled = Settled(), Settled(done=True)
+    gate.resolve_when_clear(held, 42)
+    gate.resolve_when_clear(cancelled, 1)
+    assert held.outcome is None
+    lock.release()
+    assert held.outcome == ("result", 42) and cancelled.outcome == ("already", None)
+
+    failing = gate.lock()
+    wrapped = Settled()
+    gate.resolve_when_clear(wrapped, wrap=lambda error: RuntimeError(f"lost: {error}"))
+    failing.fail(OSError("disk"))
+    assert wrapped.outcome is not None and wrapped.outcome[0] == "exception"
+    assert str(wrapped.outcome[1]) == "lost: disk"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol
 
 __all__ = ["GateBrokenError", "InputGate", "InputLock", "OutputGate", "OutputLock"]
 
@@ -116,6 +117,16 @@ class OutputLock:
 OutputCallback = Callable[[BaseException | None], None]
 
 
+class FutureLike(Protocol):
+    """What ``resolve_when_clear`` settles: an ``asyncio.Future``, or anything shaped so."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class OutputGate:
     """Holds outgoing messages until the writes made before them are durable."""
 
@@ -149,6 +160,26 @@ class OutputGate:
             callback(None)
         else:
             self._waiters.append((self._seq, callback))
+
+    def resolve_when_clear(
+        self,
+        future: FutureLike,
+        value: object = None,
+        wrap: Callable[[BaseException], BaseException] | None = None,
+    ) -> None:
+        """``when_clear`` for a future: its result is ``value`` once the gate is clear, its
+        exception the failed lock's error (``wrap(error)`` if given); a future done
+        meanwhile (cancelled) is left as it is."""
+
+        def settle(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error if wrap is None else wrap(error))
+
+        self.when_clear(settle)
 
     def _settle(self, lock: OutputLock, error: BaseException | None) -> None:
         self._locks.remove(lock)

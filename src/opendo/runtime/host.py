@@ -492,16 +492,7 @@ class ObjectHost(Forwarding):
                     DurableObjectResetError("the object was reset while this call ran")
                 )
             return
-
-        def release(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(DurableObjectResetError(f"a write failed: {error}"))
-
-        self.output_gate.when_clear(release)
+        self.output_gate.resolve_when_clear(future, result, _write_failed)
 
     def _fail(self, future: asyncio.Future[Any] | None, exc: BaseException) -> None:
         name = type(self.instance).__name__ if self.instance is not None else "object"
@@ -728,3 +719,8 @@ class ObjectHost(Forwarding):
             "constructions": self.constructions,
             "start_failures": self._start_failures,
         }
+
+
+def _write_failed(error: BaseException) -> BaseException:
+    """What a caller gets when a write its answer waited for failed."""
+    return DurableObjectResetError(f"a write failed: {error}")

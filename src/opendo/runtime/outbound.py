@@ -85,16 +85,7 @@ async def fetch(
 
 async def _output_clear(gate: OutputGate) -> None:
     cleared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def done(error: BaseException | None) -> None:
-        if cleared.done():
-            return
-        if error is None:
-            cleared.set_result(None)
-        else:
-            cleared.set_exception(error)
-
-    gate.when_clear(done)
+    gate.resolve_when_clear(cleared)
     await cleared
 
 

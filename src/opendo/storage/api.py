@@ -279,18 +279,15 @@ class Storage:
             raise gone("sync")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def done(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(StorageError(f"a write failed: {error}"))
+        def done() -> None:
+            self._host.output_gate.resolve_when_clear(
+                future, wrap=lambda error: StorageError(f"a write failed: {error}")
+            )
 
         if self._txn_owner is None or current_event() is self._txn_owner:
-            self._host.output_gate.when_clear(done)
+            done()
         else:  # behind another event's transaction: the writes queued before it count too
-            turn = self._in_turn("sync", False, lambda: self._host.output_gate.when_clear(done))
+            turn = self._in_turn("sync", False, done)
             assert isinstance(turn, asyncio.Future)
             turn.add_done_callback(lambda t: _pass_failure(t, future))
         return future
