@@ -54,7 +54,7 @@ LAYERS: dict[str, Layer] = {
     "api":          Layer("core",                               ""),
     "storage":      Layer("core",                               "msgspec"),
     # not storage: runtime reaches storage only through the protocols in core/protocols.py
-    "runtime":      Layer("core api",                           "httpx"),
+    "runtime":      Layer("core api",                           "httpx websockets"),
     "server":       Layer("core api runtime",
                           "httptools prometheus_client uvicorn websockets"),
     "project":      Layer("core api storage runtime server workers multiprocess cluster", "*"),

@@ -1,5 +1,6 @@
-"""``opendo.fetch`` (also ``workers.fetch`` and ``js.fetch``): outbound HTTP from objects,
-against a real HTTP server on 127.0.0.1 (the standard library's, on a thread of the test).
+"""``opendo.fetch`` (also ``workers.fetch`` and ``js.fetch``) and ``opendo.connect_websocket``:
+outbound HTTP and WebSockets from objects, against real servers on 127.0.0.1 (the standard
+library's HTTP server on a thread of the test; a websockets server on the test's loop).
 
 The durability test holds the object's flush at the documented boundary (conftest's
 ``GatedDriver``): while the write before it is not durable, the request must not reach the
@@ -17,8 +18,9 @@ from typing import Any
 
 import pytest
 from conftest import GatedDriver, wait_for
+from websockets.asyncio.server import serve as serve_ws
 
-from opendo import DurableObject, Runtime, fetch, workers
+from opendo import DurableObject, Runtime, connect_websocket, fetch, workers
 
 WITHIN = 10.0
 
@@ -157,3 +159,50 @@ async def test_an_unreachable_host_is_a_connection_error_that_names_the_request(
         await fetch("http://127.0.0.1:9/x")  # the discard port: nothing listens
     with pytest.raises(ValueError, match="absolute http"):
         await fetch("/relative")
+
+
+class Subscriber(DurableObject):
+    async def relay(self, url: str, text: str) -> list[str]:
+        async with await connect_websocket(url, headers={"x-test": "ws"}) as feed:
+            await self.ctx.storage.put("sent", text)  # durable before the message leaves
+            await feed.send(text)
+            return [str(await feed.recv()), str(await feed.recv())]
+
+
+async def test_an_object_talks_to_a_websocket_server_and_sends_after_its_writes(
+    gated_driver: GatedDriver,
+) -> None:
+    received: list[str] = []
+    arrived = asyncio.Event()
+
+    async def echo(ws: Any) -> None:
+        assert ws.request.headers["x-test"] == "ws"
+        async for message in ws:
+            received.append(message)
+            arrived.set()
+            await ws.send(f"echo {message}")
+            await ws.send("bye")
+
+    async with serve_ws(echo, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        rt = Runtime(bindings={"SUB": Subscriber}, storage=gated_driver)
+        try:
+            gated_driver.hold()
+            call = asyncio.ensure_future(
+                rt.env.SUB.get_by_name("s").relay(f"ws://127.0.0.1:{port}", "hi")
+            )
+            await gated_driver.flush_started(1)
+            with pytest.raises(TimeoutError):  # held: the message has not left
+                await asyncio.wait_for(asyncio.shield(arrived.wait()), 0.3)
+            assert received == []
+            gated_driver.release()
+            assert await asyncio.wait_for(call, WITHIN) == ["echo hi", "bye"]
+            assert received == ["hi"]
+        finally:
+            gated_driver.release()
+            await rt.aclose()
+
+
+async def test_an_unreachable_websocket_server_is_a_connection_error() -> None:
+    with pytest.raises(ConnectionError, match=r"connect_websocket ws://127\.0\.0\.1:9/: "):
+        await connect_websocket("ws://127.0.0.1:9/")

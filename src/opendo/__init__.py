@@ -34,7 +34,7 @@ from .core.storage import SqlError, StorageDriver
 from .project.config import Config, ConfigError, load_config
 from .project.loader import Runtime
 from .project.serve import create_app
-from .runtime.outbound import fetch
+from .runtime.outbound import OutboundWebSocket, connect_websocket, fetch
 from .runtime.state import DurableObjectState
 from .runtime.stubs import DurableObjectNamespace, DurableObjectStub
 from .server.asgi import App
@@ -71,6 +71,7 @@ __all__ = [
     "MemoryDriver",
     "MessageEvent",
     "MigrationError",
+    "OutboundWebSocket",
     "OutputGate",
     "ReadyState",
     "Request",
@@ -89,6 +90,7 @@ __all__ = [
     "WebSocketPair",
     "WebSocketRequestResponsePair",
     "WorkerEntrypoint",
+    "connect_websocket",
     "create_app",
     "fetch",
     "load_config",

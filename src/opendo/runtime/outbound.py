@@ -11,6 +11,10 @@ its body read whole. A network failure or a timeout raises ``ConnectionError`` n
 request; an HTTP error status is an answer like any other. One connection pool per event
 loop; ``FETCH_TIMEOUT`` bounds connecting and each read (``asyncio.timeout`` around the call
 bounds the whole of it).
+
+``connect_websocket(url)`` opens a WebSocket to another server (on the websockets library):
+the handshake, and each message ``send`` sends, leave under the same rule as a request — once
+the writes before them are durable; ``recv()`` and ``async for`` read what arrives.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import weakref
 from collections.abc import Iterable, Mapping
 
 import httpx
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as _ws_connect
+from websockets.exceptions import WebSocketException
 
 from ..api.http import Headers, Request, Response
 from ..core.context import current_host
 from ..core.gates import OutputGate
 
-__all__ = ["FETCH_TIMEOUT", "fetch"]
+__all__ = ["FETCH_TIMEOUT", "OutboundWebSocket", "connect_websocket", "fetch"]
 
 FETCH_TIMEOUT = 30.0  # seconds to connect, and between two reads of an answer
 
@@ -95,3 +102,68 @@ def _client() -> httpx.AsyncClient:
     if client is None:
         client = _clients[loop] = httpx.AsyncClient(follow_redirects=True)
     return client
+
+
+class OutboundWebSocket:
+    """A WebSocket this process opened to another server (``connect_websocket``)."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+
+    async def send(self, message: str | bytes) -> None:
+        """Send a message, once the writes made before it are durable."""
+        host = current_host()
+        if host is not None:
+            await _output_clear(host.output_gate)
+        await self._connection.send(message)
+
+    async def recv(self) -> str | bytes:
+        """The next message (``websockets.ConnectionClosed`` once the connection is)."""
+        return await self._connection.recv()
+
+    def __aiter__(self) -> OutboundWebSocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self._connection.recv()
+        except WebSocketException:
+            raise StopAsyncIteration from None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._connection.close(code, reason)
+
+    async def __aenter__(self) -> OutboundWebSocket:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def connect_websocket(
+    url: str,
+    *,
+    headers: Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    subprotocols: Iterable[str] = (),
+) -> OutboundWebSocket:
+    """Open a WebSocket to ``url`` (``ws://`` or ``wss://``)::
+
+    async with await connect_websocket("wss://feed.example.org/prices") as feed:
+        await feed.send("subscribe")
+        first = await feed.recv()
+    """
+    host = current_host()
+    if host is not None:
+        await _output_clear(host.output_gate)
+    try:
+        connection = await _ws_connect(
+            url,
+            additional_headers=list(Headers(headers).items()),
+            subprotocols=list(subprotocols) or None,  # type: ignore[arg-type]
+            open_timeout=FETCH_TIMEOUT,
+        )
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise ConnectionError(f"connect_websocket {url}: {exc!r}") from exc
+    return OutboundWebSocket(connection)
