@@ -361,3 +361,17 @@ def test_logs_refuses_a_filter_it_does_not_know(counter: tuple[OpendoProcess, in
     )
     answer = httpx.get(f"http://127.0.0.1:{admin_port}/logs?status=6xx", timeout=WITHIN)
     assert answer.status_code == 400 and "a class of them (5xx)" in answer.text
+
+
+def test_the_explorer_reads_only_objects_of_the_persist_directory(
+    counter: tuple[OpendoProcess, int, int],
+) -> None:
+    _, port, admin_port = counter
+    assert httpx.get(f"http://127.0.0.1:{port}/counter/a", timeout=WITHIN).text == "1"
+    base = f"http://127.0.0.1:{admin_port}/explorer"
+    listing = httpx.get(base, timeout=WITHIN)
+    assert listing.status_code == 200 and "Counter" in listing.text
+    for path in ("/..%2F..%2Fetc/" + "0" * 64, "/Counter/..%2F..%2Fpasswd", "/Counter/xyz"):
+        answer = httpx.get(base + path, timeout=WITHIN)
+        assert answer.status_code == 404, path  # no file outside the objects is read
+    assert "64 hex digits" in httpx.get(base + "/Counter/xyz", timeout=WITHIN).text

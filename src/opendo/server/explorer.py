@@ -17,6 +17,7 @@ escaped; nothing on them runs script.
 from __future__ import annotations
 
 import html
+import re
 import urllib.parse
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -86,6 +87,9 @@ def _listing(storage: Any, class_name: str | None) -> str:
 
 
 def _object(storage: Any, class_name: str, id: str, sql: str) -> tuple[str, str]:
+    if not class_name.isidentifier() or not re.fullmatch(r"[0-9a-f]{64}", id):
+        body = "<p>An object's page is /explorer/&lt;Class&gt;/&lt;64 hex digits of its id&gt;.</p>"
+        return "404 Not Found", _html("Not found", body)
     contents = storage.inspect(class_name, id)
     if contents is None:
         body = f"<p>{_e(class_name)} {_e(id)} has nothing stored.</p>"
