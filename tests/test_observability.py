@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import signal
 import socket
 import threading
 import time
@@ -31,6 +33,7 @@ from opendo.server.admin import AdminListener, AdminOptions
 from opendo.storage.memory import MemoryDriver
 
 COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
+PROBE = Path(__file__).resolve().parent / "projects" / "probe"
 ADMIN = re.compile(r"Admin on http://127\.0\.0\.1:(\d+)")
 WITHIN = 10.0
 
@@ -375,3 +378,41 @@ def test_the_explorer_reads_only_objects_of_the_persist_directory(
         answer = httpx.get(base + path, timeout=WITHIN)
         assert answer.status_code == 404, path  # no file outside the objects is read
     assert "64 hex digits" in httpx.get(base + "/Counter/xyz", timeout=WITHIN).text
+
+
+def test_readyz_says_not_ready_from_sigterm_while_requests_drain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "probe"
+    shutil.copytree(PROBE, project, ignore=shutil.ignore_patterns("__pycache__", ".opendo"))
+    with (project / "opendo.toml").open("a") as f:
+        f.write('\n[secrets]\nrequired = ["MARKS"]\n')
+    (tmp_path / "marks").mkdir()
+    monkeypatch.setenv("MARKS", str(tmp_path / "marks"))
+    args = ["serve", project, "--port", "0", "--admin-port", "0", "--persist-to", tmp_path / "s"]
+    with run_opendo(*args) as process:
+        [admin_port] = admin_ports(process)
+        port = process.wait_ready()
+        ready = f"http://127.0.0.1:{admin_port}/readyz"
+        assert httpx.get(ready, timeout=WITHIN).status_code == 200
+        held: list[httpx.Response] = []
+        thread = threading.Thread(
+            target=lambda: held.append(
+                httpx.get(f"http://127.0.0.1:{port}/hold", headers={"x-n": "1"}, timeout=WITHIN)
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + WITHIN
+        while not list((tmp_path / "marks").iterdir()):  # the request runs (HOLD_SECONDS: 1)
+            assert time.monotonic() < deadline, "the held request never ran"
+            threading.Event().wait(0.01)
+        process.proc.send_signal(signal.SIGTERM)
+        answer = httpx.get(ready, timeout=WITHIN)
+        while answer.status_code == 200:  # the signal is handled between two turns of the loop
+            assert time.monotonic() < deadline, "still ready after SIGTERM"
+            answer = httpx.get(ready, timeout=WITHIN)
+        assert (answer.status_code, answer.text) == (503, "not ready\n")
+        assert not held, "ready until the request in flight was answered"
+        thread.join(WITHIN)
+        assert held and held[0].status_code == 200  # the request in flight was answered
+        assert process.proc.wait(WITHIN) == 0

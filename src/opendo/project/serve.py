@@ -182,6 +182,10 @@ class _Server(uvicorn.Server):
         self.announce = announce
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not ready from now on (/readyz answers 503), while what is in flight drains.
+        runtime = getattr(getattr(self.config, "loaded_app", None), "runtime", None)
+        if runtime is not None:
+            runtime.draining = True
         super().handle_exit(sig, frame)
         # A signal asked for a clean shutdown: exit 0 afterwards instead of re-raising it.
         self._captured_signals.clear()

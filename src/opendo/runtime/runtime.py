@@ -104,6 +104,7 @@ class Runtime:
         self.alarms = AlarmRunner(self, self.clock, self.rng)
         self._started = False
         self._closing = False
+        self.draining = False  # the server stops taking requests: see ready
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -225,8 +226,8 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """Serving: started, and not closing."""
-        return self._started and not self._closing
+        """Serving: started, not draining (the server was asked to stop), not closing."""
+        return self._started and not self.draining and not self._closing
 
     def census(self) -> dict[str, dict[tuple[str, ...], int]]:
         """What is live now (for /metrics): ``objects`` by class and lifecycle state,

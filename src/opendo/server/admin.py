@@ -12,7 +12,8 @@ that what it says is consistent and a stuck loop shows:
   of ``core.metrics``, what is live now (objects by class and lifecycle state, WebSockets,
   open storage), and the process's CPU, memory and file descriptors.
 - ``/healthz``: 200 ``ok`` when the event loop answers within ``ANSWER_WITHIN``, else 503.
-- ``/readyz``: 200 ``ready`` once the runtime serves, 503 while it starts or shuts down.
+- ``/readyz``: 200 ``ready`` once the runtime serves, 503 while it starts, and from the
+  moment the server is asked to stop (SIGTERM) while it drains and shuts down.
 - ``/explorer``: the data explorer's pages (``server.explorer``): the stored objects, their
   KV entries, SQL tables and alarm, and read-only queries.
 - ``/logs``: the server's log from now on, one JSON object per line (``core.logs``'
