@@ -1,6 +1,6 @@
-"""The SQLite driver's shared barrier: a round of many databases is made durable by one
-``syncfs()`` of their filesystem instead of an fsync each (storage/rounds.py, "Shared
-barrier").
+"""The SQLite driver's shared barrier (``OPENDO_SHARED_BARRIER``): a round of many databases
+is made durable by one ``syncfs()`` of their filesystem instead of an fsync each
+(storage/rounds.py, "Shared barrier"); off by default, the last test shows.
 
 Real files in a temporary directory. The barrier is held or failed at its boundary, the
 module's ``syncfs`` function, which the tests wrap; which files were fsynced one by one is read
@@ -27,7 +27,13 @@ pytestmark = pytest.mark.skipif(rounds.syncfs is None, reason="syncfs() is Linux
 
 KEY = NamespaceKey("Box")
 WITHIN = 10.0
-MANY = rounds.SHARED_BARRIER_FROM + 2  # the rounds: 1 database, 1 database, then the others
+BARRIER_FROM = 4  # OPENDO_SHARED_BARRIER=4, set for every test here
+MANY = BARRIER_FROM + 2  # the rounds: 1 database, 1 database, then the others
+
+
+@pytest.fixture(autouse=True)
+def shared_barrier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rounds, "SHARED_BARRIER_FROM", BARRIER_FROM)
 
 
 class Recorder:
@@ -134,4 +140,19 @@ async def test_a_failed_barrier_fails_every_database_of_its_round_and_no_other(
     other = driver.open("Box", KEY.from_name("other"))  # other objects carry on
     assert await asyncio.wait_for(commit(other, b"o"), WITHIN) is None
     other.close()
+    await driver.aclose()
+
+
+async def test_without_opendo_shared_barrier_every_database_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rounds, "SHARED_BARRIER_FROM", 0)  # the default
+    recorder = Recorder(monkeypatch)
+    driver = SqliteDriver(tmp_path)
+    databases = [driver.open("Box", KEY.from_name(f"box-{i}")) for i in range(MANY)]
+    answers = [commit(db, b"v") for db in databases]
+    assert await asyncio.wait_for(asyncio.gather(*answers), WITHIN) == [None] * MANY
+    assert recorder.barriers == []
+    for db in databases:
+        db.close()
     await driver.aclose()
