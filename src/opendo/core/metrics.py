@@ -16,6 +16,7 @@ import contextvars
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -160,10 +161,10 @@ current_request: contextvars.ContextVar[RequestRecord | None] = contextvars.Cont
 )
 
 
-def called(class_name: str, object: str) -> None:
+def called(class_name: str, id: Any) -> None:
     """An object is called: the request being answered (if any, and if it has none yet)
-    records it."""
+    records it, by the name its id was made from, else the id (made a string only then)."""
     record = current_request.get()
     if record is not None and not record.class_name:
         record.class_name = class_name
-        record.object = object
+        record.object = getattr(id, "name", None) or str(id)

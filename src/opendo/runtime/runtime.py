@@ -128,7 +128,7 @@ class Runtime:
     ) -> asyncio.Future[Any]:
         """Deliver ``event`` to the object (here, or forwarded to its owner); its result."""
         host = self.host(namespace, id)
-        called(host.class_name, id.name or str(id))
+        called(host.class_name, id)
         return host.call(event)
 
     def host(self, namespace: DurableObjectNamespace, id: DurableObjectId) -> ObjectHost:

@@ -1,5 +1,5 @@
-"""The admin listener: ``/metrics``, ``/healthz``, ``/readyz`` and ``/logs``, on a port of
-their own.
+"""The admin listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/logs`` and ``/explorer``,
+on a port of their own.
 
 Operations never share the project's port, so no path of the user's app is taken
 (``opendo serve --admin-port PORT``; off unless asked for; 127.0.0.1 unless ``--admin-ip``).
@@ -318,14 +318,14 @@ class _Tail(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.formatter_ = JsonFormatter()
+        self._json = JsonFormatter()
         self.clients: dict[queue.Queue[bytes], _Filter] = {}
         self.closed = threading.Event()
         self._clients_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            entry = self.formatter_.entry(record)
+            entry = self._json.entry(record)
             line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
         except Exception:
             self.handleError(record)
