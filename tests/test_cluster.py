@@ -56,14 +56,15 @@ LOAD_REQUESTS = 4000  # per client, at most, of a load loop
 LOAD_SECONDS = 60.0  # and for at most this long
 
 
-def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
-    """Wait until ``predicate()`` is true (checked every 10 ms); its value."""
+def until(predicate: Callable[[], Any], within: float, what: str | Callable[[], str]) -> Any:
+    """Wait until ``predicate()`` is true (checked every 10 ms); its value. ``what`` names the
+    condition in the failure (a callable: called then, to say what the state was)."""
     deadline = time.monotonic() + within
     while True:
         if value := predicate():
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
+            raise AssertionError(f"not within {within} s: {what() if callable(what) else what}")
         threading.Event().wait(0.01)
 
 
@@ -472,7 +473,12 @@ async def test_a_node_cut_off_from_postgres_drops_its_objects_and_commits_nothin
                 until,
                 lambda: all(direct.answered(n, cut) >= 2 for n in names),
                 RECV * 2,
-                "the cut-off node answers again",
+                lambda: (
+                    f"the cut-off node answers again: answered since the cut "
+                    f"{[direct.answered(n, cut) for n in names]}, clients running "
+                    f"{sum(t.is_alive() for t in direct.threads)}, last failures "
+                    f"{direct.failures[-3:]}; {a.name}'s log ends: {a.log_text()[-1500:]}"
+                ),
             )
         finally:
             await asyncio.to_thread(load.finish)

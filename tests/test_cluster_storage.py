@@ -290,6 +290,51 @@ async def test_dropping_every_object_while_writes_wait_for_their_flush(cluster: 
         assert await counter(runtime, name).value() == stored[name]
 
 
+async def test_dropping_every_object_while_a_flush_runs_and_more_writes_wait(
+    cluster: Cluster,
+) -> None:
+    """As above, with a second write of each object committed behind the flush in flight: the
+    drop fails that write's lock (which breaks the object's gate) while the flush still runs.
+    Every object is dropped (before, the first one's close raised on its broken gate and the
+    others stayed, half closed, so the node answered 500 after it joined again)."""
+    node, runtime = await cluster.node()
+    names = [f"c{i}" for i in range(3)]
+    for name in names:
+        assert await counter(runtime, name).increment() == 1
+    blocker = await asyncpg.connect(cluster.dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT * FROM opendo_object FOR UPDATE")  # the flush waits
+        writes: list[asyncio.Future[int]] = []
+        for waiting in ("syncing", "pending"):  # a flush runs, then a write waits behind it
+            writes += [asyncio.ensure_future(counter(runtime, n).increment()) for n in names]
+            await until(
+                lambda waiting=waiting: (
+                    all(  # type: ignore[misc]
+                        getattr(h.open_storage._batches, waiting)
+                        for h in runtime.live_hosts()
+                        if h.open_storage is not None
+                    )
+                    and len(runtime.live_hosts()) == len(names)
+                )
+            )
+        runtime.drop_objects(1012, "the node lost its lease")
+        assert runtime.live_hosts() == []
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    stored = {
+        r["name"]: r["seq"] for r in await fetch(cluster.dsn, "SELECT name, seq FROM opendo_object")
+    }
+    for k, result in enumerate(results):
+        if not isinstance(result, BaseException):  # acknowledged: so it is in PostgreSQL
+            assert result <= stored[names[k % len(names)]], (k, result, stored)
+    for name in names:
+        assert await counter(runtime, name).increment() == stored[name] + 1
+
+
 async def test_a_lease_watchdog_run_before_the_deadline_still_catches_the_lapse(
     cluster: Cluster,
 ) -> None:

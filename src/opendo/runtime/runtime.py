@@ -221,7 +221,10 @@ class Runtime:
         """Drop every object now: their sockets close with ``code`` and ``reason``, their
         storage closes (what was committed still goes on to be durable), their claims go."""
         for host in self.live_hosts():
-            host.shutdown(code, reason)
+            try:
+                host.shutdown(code, reason)
+            except Exception:  # one object's failure must not keep the others
+                log.exception("dropping %s failed", host.name())
         self._hosts.clear()
 
     @property

@@ -184,6 +184,9 @@ class Batches:
                 lock.fail(reset)
         self.batch_lock = None
         self.pending = []
-        if self.syncing:
+        if self.syncing and self.host.output_gate.broken is None:
+            # The next instance's gate (a reset made it before closing): nothing it sends
+            # leaves before the sync in flight returns. A broken gate (the object goes away,
+            # and its waiting writes just failed on it) lets nothing leave anyway.
             self.carry = self.host.output_gate.lock()
         db.close()
