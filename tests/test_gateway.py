@@ -354,7 +354,9 @@ async def test_a_body_over_the_limit_is_413(tmp_path: Path) -> None:
 async def _trickle(port: int, request: bytes) -> tuple[bytes | None, float]:
     """Send ``request`` a byte every 0.2 s until the server answers; the answer and how long
     it took. None: the connection was reset as a byte crossed the server's close (the answer
-    is then lost in transit), so the caller tries again."""
+    is then lost in transit), so the caller tries again. (It waits on ``read(n)``, which a
+    timeout can cancel without losing what arrived; ``read()`` cancelled past its first
+    chunk drops it.)"""
     async with connection(port) as (reader, writer):
         started = time.monotonic()
         try:
@@ -362,9 +364,12 @@ async def _trickle(port: int, request: bytes) -> tuple[bytes | None, float]:
                 writer.write(bytes([byte]))
                 await writer.drain()
                 try:
-                    return await asyncio.wait_for(reader.read(), 0.2), time.monotonic() - started
+                    first = await asyncio.wait_for(reader.read(65536), 0.2)
                 except TimeoutError:
                     continue
+                took = time.monotonic() - started
+                rest = await asyncio.wait_for(reader.read(), TIMEOUT) if first else b""
+                return first + rest, took
         except ConnectionError:
             return None, time.monotonic() - started
     return b"", time.monotonic() - started
