@@ -74,6 +74,10 @@ class CloseEvent:
         self.reason = reason
         self.was_clean = was_clean
 
+    @property
+    def wasClean(self) -> bool:  # noqa: N802  (JavaScript's name)
+        return self.was_clean
+
     def __repr__(self) -> str:
         return f"CloseEvent(code={self.code}, reason={self.reason!r}, was_clean={self.was_clean})"
 
@@ -306,7 +310,7 @@ class WebSocket:
                 host.socket_closed(self)
         elif listeners:
             for listener in list(listeners):
-                _call_listener(listener, event)
+                call_listener(listener, event)
 
     # -- for servers: the client end of a pair, bound to a connection ---------------------
 
@@ -412,7 +416,7 @@ class WebSocket:
         return f"<WebSocket {self._state.name}>"
 
 
-def _call_listener(listener: Listener, event: Event) -> None:
+def call_listener(listener: Listener, event: Event) -> None:
     try:
         result = listener(event)
     except Exception:

@@ -49,7 +49,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..api.websocket import (
     CloseEvent,
@@ -90,6 +90,13 @@ __all__ = ["HostServices", "Lifecycle", "ObjectHost", "current_host"]
 log = logging.getLogger("opendo")
 
 Queued = tuple[object, "asyncio.Future[Any] | None"]
+
+
+class OpenSocket(Protocol):
+    """A standard WebSocket of an object (one end of a pair, or one it opened to another
+    server): it keeps the object in memory, and a reset or a drop terminates it."""
+
+    def terminate(self, code: int, reason: str) -> None: ...
 
 
 def current_host() -> ObjectHost | None:
@@ -152,7 +159,7 @@ class ObjectHost(Forwarding):
         self._waiting_for_gate = False
         self._starting = False
         self._running = 0  # events started and not finished (forwarded ones too)
-        self._sockets: set[WebSocket] = set()  # standard sockets: they keep the object alive
+        self._sockets: set[OpenSocket] = set()  # standard sockets: they keep the object alive
         self._background: set[asyncio.Future[Any]] = set()
         self._events: set[asyncio.Future[Any]] = set()
         self._idle_timer: TimerHandle | None = None
@@ -175,8 +182,9 @@ class ObjectHost(Forwarding):
         return self._services.clock
 
     @property
-    def sockets(self) -> frozenset[WebSocket]:
-        """The standard WebSockets (``ws.accept()``) open in the object."""
+    def sockets(self) -> frozenset[OpenSocket]:
+        """The standard WebSockets open in the object: accepted (``ws.accept()``), or opened
+        to another server (``js.WebSocket``)."""
         return frozenset(self._sockets)
 
     def name(self) -> str:
@@ -505,11 +513,11 @@ class ObjectHost(Forwarding):
 
     # -- sockets, background work and idleness ---------------------------------------------
 
-    def socket_opened(self, ws: WebSocket) -> None:
+    def socket_opened(self, ws: OpenSocket) -> None:
         self._cancel_idle()
         self._sockets.add(ws)
 
-    def socket_closed(self, ws: WebSocket) -> None:
+    def socket_closed(self, ws: OpenSocket) -> None:
         self._sockets.discard(ws)
         self._maybe_idle()
 

@@ -112,6 +112,23 @@ class OutboundWebSocket:
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
 
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose, if any."""
+        return self._connection.subprotocol
+
+    @property
+    def closed_with(self) -> tuple[int, str, bool] | None:
+        """Once the connection is closed: the code and reason the server closed it with
+        (1006 and "" if it sent none), and whether the closing handshake completed."""
+        protocol = self._connection.protocol
+        if self._connection.close_code is None and protocol.close_rcvd is None:
+            return None
+        received = protocol.close_rcvd
+        if received is None:
+            return 1006, "", False
+        return received.code, received.reason, protocol.close_sent is not None
+
     async def send(self, message: str | bytes) -> None:
         """Send a message, once the writes made before it are durable."""
         host = current_host()

@@ -92,6 +92,9 @@ handlers taking fewer arguments             called with the ones they take, as C
                                             or unpack it), ``WebSocketRequestResponsePair``
                                             ``.new(req, resp)``, ``Date.now()`` (epoch ms,
                                             on the runtime's clock inside an object)
+``from js import WebSocket``                ``WebSocket.new(url)``: a WebSocket to another
+                                            server, with ``addEventListener``/``onmessage``,
+                                            ``send``, ``close``, ``readyState``
 ``python_from_rpc``, ``python_to_rpc``      identity: values are Python values already
 ==========================================  ===============================================
 
@@ -105,7 +108,7 @@ project is refused when it loads);
 (``env.NS.jurisdiction()``, ``newUniqueId({"jurisdiction": …})``); ``getExisting``;
 ``setHibernatableWebSocketEventTimeout``;
 ``ctx.props``, ``ctx.exports``, ``ctx.container``, ``ctx.facets``; a Worker's
-``ctx.passThroughOnException()``. ``js`` provides ``WebSocketPair``,
+``ctx.passThroughOnException()``. ``js`` provides ``WebSocket``, ``WebSocketPair``,
 ``WebSocketRequestResponsePair``, ``Date``, ``fetch``, ``Object``, ``Array``, ``JSON``,
 ``console`` and ``crypto`` (others raise ``AttributeError``); ``pyodide`` (unless a real one
 is importable) provides ``pyodide.ffi`` and ``pyodide.http`` (``opendo.workers.pyodide``),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json as _json
 import logging
 import time
@@ -16,7 +18,7 @@ from typing import Any, NoReturn, TypeVar, cast
 from ..api import websocket as _ws
 from ..api.http import Headers
 from ..runtime.host import current_host
-from ..runtime.outbound import fetch
+from ..runtime.outbound import OutboundWebSocket, connect_websocket, fetch
 from .helpers import _plain
 
 _T = TypeVar("_T")
@@ -29,9 +31,14 @@ HeadersInit = Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
 class WebSocket(_ws.WebSocket):
-    """One end of a ``WebSocketPair``, with Cloudflare's camelCase names."""
+    """One end of a ``WebSocketPair``, with Cloudflare's camelCase names; ``WebSocket.new(url)``
+    opens one to another server."""
 
     __slots__ = ()
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
 
     @property
     def readyState(self) -> int:
@@ -56,6 +63,173 @@ class WebSocket(_ws.WebSocket):
         if self.ready_state in (_ws.ReadyState.CLOSING, _ws.ReadyState.CLOSED):
             return
         super().close(code, reason or "")
+
+    @classmethod
+    def new(cls, url: str, protocols: str | Iterable[str] | None = None) -> ClientWebSocket:
+        """``new WebSocket(url)`` as JavaScript writes it: a WebSocket this object opens to
+        another server (see ``ClientWebSocket``)."""
+        return ClientWebSocket(url, protocols)
+
+
+class OpenEvent:
+    __slots__ = ()
+    type = "open"
+
+
+class ClientWebSocket:
+    """``WebSocket.new("wss://…")`` (``from js import WebSocket``): a WebSocket to another
+    server, with the browser's interface — ``readyState`` (CONNECTING, then OPEN, CLOSING,
+    CLOSED), ``addEventListener("open" | "message" | "close" | "error", f)`` or the
+    ``onopen``/``onmessage``/``onclose``/``onerror`` properties, ``send`` once open,
+    ``close(code, reason)``. On ``opendo.connect_websocket``::
+
+        ws = WebSocket.new("wss://feed.example.org/prices")
+        ws.addEventListener("open", lambda event: ws.send("subscribe"))
+        ws.addEventListener("message", lambda event: self.prices.append(event.data))
+
+    In a Durable Object its listeners run as the object's events (through its input gate, as
+    a standard WebSocket's do), the object stays in memory while the socket is open, and what
+    ``send`` sends leaves once the writes made before the call are durable. A reset of the
+    object closes the socket as it closes the object's other WebSockets."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+    def __init__(self, url: str, protocols: str | Iterable[str] | None = None) -> None:
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"WebSocket: {url!r} is not a ws:// or wss:// URL")
+        self.url = url
+        self.protocol = ""
+        self.readyState = self.CONNECTING
+        self.onopen: _ws.Listener | None = None
+        self.onmessage: _ws.Listener | None = None
+        self.onclose: _ws.Listener | None = None
+        self.onerror: _ws.Listener | None = None
+        self._listeners: dict[str, list[_ws.Listener]] = {}
+        self._protocols = [protocols] if isinstance(protocols, str) else list(protocols or ())
+        self._host = current_host()
+        self._outgoing: asyncio.Queue[tuple[asyncio.Future[None], str | bytes | None]] = (
+            asyncio.Queue()
+        )
+        self._close_with: tuple[int, str] = (1000, "")
+        self._terminated = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._host is not None:
+            self._host.socket_opened(self)
+
+    def addEventListener(self, type: str, listener: _ws.Listener) -> None:  # noqa: N802
+        self._listeners.setdefault(type, []).append(listener)
+
+    def removeEventListener(self, type: str, listener: _ws.Listener) -> None:  # noqa: N802
+        listeners = self._listeners.get(type, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def send(self, message: str | bytes) -> None:
+        """Send ``message`` (str or bytes) once the writes made before this call are durable.
+        Before the socket is open this raises, as a browser's does; once it is closing, the
+        message is dropped."""
+        if self.readyState == self.CONNECTING:
+            raise RuntimeError("WebSocket.send: the WebSocket is still connecting")
+        if not isinstance(message, str | bytes | bytearray | memoryview):
+            raise TypeError(f"WebSocket.send takes str or bytes, not {type(message).__name__}")
+        if self.readyState != self.OPEN:
+            return
+        self._outgoing.put_nowait(
+            (self._cleared(), bytes(message) if not isinstance(message, str) else message)
+        )
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the socket, after what was sent before (code 1000 or 3000..4999)."""
+        if code != 1000 and not 3000 <= code <= 4999:
+            raise ValueError(f"WebSocket.close: code {code} is not 1000 or in 3000..4999")
+        if self.readyState in (self.CLOSING, self.CLOSED):
+            return
+        self.readyState = self.CLOSING
+        self._close_with = (code, reason)
+        self._outgoing.put_nowait((self._cleared(), None))
+
+    def _cleared(self) -> asyncio.Future[None]:
+        cleared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._host is not None:
+            self._host.output_gate.resolve_when_clear(cleared)
+        else:
+            cleared.set_result(None)
+        return cleared
+
+    def terminate(self, code: int, reason: str) -> None:
+        """The object was reset or dropped (its host calls this): close with ``code``; its
+        listeners hear no more."""
+        if self._terminated:
+            return
+        self._terminated = True
+        self.readyState = self.CLOSED
+        self._close_with = (code, reason)
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        socket: OutboundWebSocket | None = None
+        try:
+            try:
+                socket = await connect_websocket(self.url, subprotocols=self._protocols)
+            except ConnectionError as exc:
+                self.readyState = self.CLOSED
+                self._emit("error", _ws.ErrorEvent(exc))
+                self._emit("close", _ws.CloseEvent(1006, "", False))
+                return
+            await self._session(socket)
+        except asyncio.CancelledError:
+            if socket is not None and self._terminated:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(socket.close(*self._close_with), 1.0)
+            raise
+        finally:
+            if not self._terminated and self._host is not None:
+                self._host.socket_closed(self)
+
+    async def _session(self, socket: OutboundWebSocket) -> None:
+        self.protocol = socket.subprotocol or ""
+        if self.readyState == self.CONNECTING:
+            self.readyState = self.OPEN
+            self._emit("open", OpenEvent())
+        writer = asyncio.ensure_future(self._write(socket))
+        try:
+            async for message in socket:
+                self._emit("message", _ws.MessageEvent(message))
+        finally:
+            writer.cancel()
+        self.readyState = self.CLOSED
+        code, reason, clean = socket.closed_with or (1006, "", False)
+        self._emit("close", _ws.CloseEvent(code, reason, clean))
+
+    async def _write(self, socket: OutboundWebSocket) -> None:
+        try:
+            while True:
+                cleared, message = await self._outgoing.get()
+                await cleared  # a write before it failed: it is never sent
+                if message is None:
+                    await socket.close(*self._close_with)
+                    return
+                await socket.send(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed write, or the connection is gone
+            with contextlib.suppress(Exception):
+                await socket.close(1011, "a write before this message failed")
+
+    def _emit(self, type: str, event: Any) -> None:
+        """Give ``event`` to the listeners: in the object, as its events."""
+        handler = getattr(self, f"on{type}")
+        listeners = [*([handler] if handler is not None else []), *self._listeners.get(type, [])]
+        if self._terminated or not listeners:
+            return
+        if self._host is None:
+            for listener in listeners:
+                _ws.call_listener(listener, event)
+        else:
+            self._host.deliver_listeners(listeners, event)
 
 
 class WebSocketPair(_ws.WebSocketPair):
@@ -196,6 +370,7 @@ def _js_module() -> types.ModuleType:
         "console": _Console(),
         "crypto": _Crypto(),
         "fetch": fetch,
+        "WebSocket": WebSocket,
         "WebSocketPair": WebSocketPair,
         "WebSocketRequestResponsePair": WebSocketRequestResponsePair,
     }
