@@ -176,10 +176,12 @@ def test_query_reads_an_objects_tables(filled: Path) -> None:
     assert code == 0, out
     assert out.splitlines()[:2] == ["n", "2"]
     assert "(1 row)" in out
-    readme = "SELECT name, text FROM messages ORDER BY seq DESC LIMIT 3"  # README's example
-    code, out = objects("query", "lobby", readme, "--project", CHAT, "--persist-to", filled)
+    shown = "SELECT name, text FROM messages ORDER BY seq DESC LIMIT 3"  # the guide's example
+    code, out = objects("query", "lobby", shown, "--project", CHAT, "--persist-to", filled)
     assert code == 0, out
     assert out.splitlines() == ["name  text", "Ada   two", "Ada   one", "(2 rows)"]
+    guide = (Path(__file__).resolve().parent.parent / "docs/howto/operating.md").read_text()
+    assert f'query lobby "{shown}"\n' + "\n".join(out.splitlines()) in guide
     # the runtime's own tables are readable too: the KV entries, keys as blobs
     code, out = objects(
         "query",

@@ -104,13 +104,13 @@ from opendo import create_app
 app = create_app(PROJECT, persist_to=PERSIST)
 """
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "howto" / "serving.md"
 
 
-def readme_app(marker: str) -> str:
-    """The README's Python example that contains ``marker``, with the project and persist
-    directory of the test in place of its example's."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def guide_app(marker: str) -> str:
+    """The serving guide's Python example that contains ``marker``, with the project and
+    persist directory of the test in place of its example's."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
     (block,) = [b for b in blocks if marker in b]
     code = re.sub(r'create_app\("examples/\w+"\)', "create_app(PROJECT, persist_to=PERSIST)", block)
     assert "PROJECT" in code
@@ -118,7 +118,7 @@ def readme_app(marker: str) -> str:
 
 
 FASTAPI_APP = (
-    readme_app("app.mount(")
+    guide_app("app.mount(")
     + """
 
 @app.get("/api/hello")
@@ -126,7 +126,7 @@ def hello():
     return {"hello": "fastapi"}
 """
 )
-STARLETTE_APP = readme_app("Mount(")
+STARLETTE_APP = guide_app("Mount(")
 
 TIMEOUT = 10.0
 START = 30.0

@@ -1124,10 +1124,9 @@ def test_the_node_secret_comes_from_dev_vars_and_never_reaches_the_worker(
         cluster_secret(load_config(root))
 
 
-def test_the_readmes_configuration_example_loads(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Configuration: `opendo.toml`", 1)[1]
-    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_reference_configuration_example_loads(tmp_path: Path) -> None:
+    reference = Path(__file__).resolve().parent.parent / "docs" / "reference" / "configuration.md"
+    example = reference.read_text(encoding="utf-8").split("```toml\n", 1)[1].split("```", 1)[0]
     root = write_project(tmp_path, example, files={"public/index.html": "hi"})
     config = load_config(root)
     assert config.vars == {"GREETING": "hello"}

@@ -180,14 +180,14 @@ def test_health_readiness_and_what_else_the_admin_listener_answers(
         assert client.post("/metrics").status_code == 405
 
 
-def test_the_readmes_metrics_example(counter: tuple[OpendoProcess, int, int]) -> None:
+def test_the_guides_metrics_example(counter: tuple[OpendoProcess, int, int]) -> None:
     _, port, admin_port = counter
     assert httpx.get(f"http://127.0.0.1:{port}/counter/a", timeout=WITHIN).text == "1"
     text = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=WITHIN).text
     shown = [line for line in text.splitlines() if line.startswith("opendo_requests_total")]
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    guide = Path(__file__).resolve().parent.parent / "docs" / "howto" / "observability.md"
     example = "$ curl -s localhost:9100/metrics | grep '^opendo_requests_total'\n"
-    assert example + "\n".join(shown) + "\n```" in readme, shown
+    assert example + "\n".join(shown) + "\n```" in guide.read_text(), shown
 
 
 def test_websockets_are_counted_by_class_and_kind(tmp_path: Path, chat_dir: Path) -> None:

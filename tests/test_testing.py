@@ -162,7 +162,7 @@ def examples_of_the_docs() -> list[str]:
 
 
 def test_async_tests_run_without_an_asyncio_plugin(pytester: pytest.Pytester) -> None:
-    """No pytest-asyncio (``-p no:asyncio``), no configuration: the README's kind of async
+    """No pytest-asyncio (``-p no:asyncio``), no configuration: the testing guide's kind of async
     test that uses the fixture still runs, and can fail."""
     pytester.makeini("[pytest]\nfilterwarnings = error\n")
     (pytester.path / "opendo.toml").write_text(TOML)

@@ -9,7 +9,7 @@ claims wait for it. When the lease is lost, the node drops every object (their s
 with 1012, "service restart", so clients reconnect — to any node) and joins again as a new
 node. ``aclose()`` hands the last flushes to PostgreSQL, releases what it owns and leaves.
 
-Settings (``ClusterSettings``) and their defaults are in the README's "Running a cluster".
+Settings (``ClusterSettings``) and their defaults are in docs/howto/cluster.md.
 """
 
 from __future__ import annotations

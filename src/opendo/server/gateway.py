@@ -23,8 +23,8 @@ decides what happens to it is written once, in this module:
    request the socket it carries is closed at once (its object sees the close, so no ghost
    member stays in a room) and the answer becomes a 500.
 
-``Limits`` holds every limit and timeout of the servers with its default; the README lists
-them.
+``Limits`` holds every limit and timeout of the servers with its default; docs/reference/cli.md
+lists them.
 """
 
 from __future__ import annotations

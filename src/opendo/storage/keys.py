@@ -1,9 +1,9 @@
 """The arguments of KV and alarm calls, checked and encoded as the database takes them.
 
 Keys are ``str`` and go to the database as their UTF-8 bytes, which order as the strings'
-code points do; values are encoded with opendo's codec. Every limit is Cloudflare's (see the
-README's "Limits"), and an argument past one is refused before anything is written, with a
-message naming the call.
+code points do; values are encoded with opendo's codec. Every limit is Cloudflare's (see
+docs/reference/api.md, "Limits"), and an argument past one is refused before anything is
+written, with a message naming the call.
 """
 
 from __future__ import annotations
