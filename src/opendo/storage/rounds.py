@@ -15,9 +15,7 @@ of each filesystem they are on, which writes every file of that filesystem with 
 (their directories included) and flushes the disk's cache (and, since Linux 5.8, reports a
 write that failed since the last one). An error fails every database of the round on that
 filesystem. It also writes what every other program left unwritten on that filesystem, and
-makes them wait for it: beside the crash tests, a cluster test whose PostgreSQL shares the
-disk failed under it (1 run in 2; 4 of 4 passed without it). So it is for a persist
-directory on a filesystem of its own.
+makes them wait for it, so it is for a persist directory on a filesystem of its own.
 """
 
 from __future__ import annotations
