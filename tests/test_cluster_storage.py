@@ -328,11 +328,20 @@ async def test_dropping_every_object_while_a_flush_runs_and_more_writes_wait(
     stored = {
         r["name"]: r["seq"] for r in await fetch(cluster.dsn, "SELECT name, seq FROM opendo_object")
     }
+    acknowledged: dict[str, list[int]] = {name: [] for name in names}
     for k, result in enumerate(results):
         if not isinstance(result, BaseException):  # acknowledged: so it is in PostgreSQL
             assert result <= stored[names[k % len(names)]], (k, result, stored)
+            acknowledged[names[k % len(names)]].append(result)
+    # Served again, past every acknowledged value. (A flush that was in flight when the
+    # objects were dropped may land after the read above: the next value may be one more.)
+    after = {name: await counter(runtime, name).increment() for name in names}
+    stored = {
+        r["name"]: r["seq"] for r in await fetch(cluster.dsn, "SELECT name, seq FROM opendo_object")
+    }
     for name in names:
-        assert await counter(runtime, name).increment() == stored[name] + 1
+        assert after[name] > max([1, *acknowledged[name]]), (name, after, acknowledged)
+        assert after[name] == stored[name], (name, after, stored)
 
 
 async def test_a_lease_watchdog_run_before_the_deadline_still_catches_the_lapse(
